@@ -1,0 +1,255 @@
+// Package config reads the service's settings from the environment: one struct, defaults and
+// requirements in its tags, every bad variable reported at once, and secrets masked when printed.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"reflect"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// Config is every setting the service reads. The envconfig tag is the variable's exact name (no
+// prefix), so the names are greppable and the Helm chart's test can check its env against Vars().
+// OTEL_* variables are not here: the OpenTelemetry SDK reads them itself.
+type Config struct {
+	HTTPAddr              string        `envconfig:"HTTP_ADDR" default:":8080" desc:"address the HTTP server listens on"`
+	HTTPReadHeaderTimeout time.Duration `envconfig:"HTTP_READ_HEADER_TIMEOUT" default:"5s" desc:"time allowed to read request headers (slowloris guard)"`
+	HTTPReadTimeout       time.Duration `envconfig:"HTTP_READ_TIMEOUT" default:"15s" desc:"time allowed to read a whole request"`
+	HTTPWriteTimeout      time.Duration `envconfig:"HTTP_WRITE_TIMEOUT" default:"30s" desc:"time allowed to write a response"`
+	HTTPIdleTimeout       time.Duration `envconfig:"HTTP_IDLE_TIMEOUT" default:"120s" desc:"keep-alive idle timeout"`
+	HTTPMaxBodyBytes      int64         `envconfig:"HTTP_MAX_BODY_BYTES" default:"1048576" desc:"largest request body accepted (413 above)"`
+
+	DatabaseURL            string        `envconfig:"DATABASE_URL" required:"true" desc:"Postgres URL, postgres://user:pass@host:5432/db?sslmode=…"`
+	DatabaseMaxConns       int32         `envconfig:"DATABASE_MAX_CONNS" default:"10" desc:"largest Postgres pool size"`
+	DatabaseTimeout        time.Duration `envconfig:"DATABASE_TIMEOUT" default:"5s" desc:"deadline for one Postgres query"`
+	DatabaseConnectTimeout time.Duration `envconfig:"DATABASE_CONNECT_TIMEOUT" default:"5s" desc:"deadline for opening a Postgres connection"`
+	MigrateOnStart         bool          `envconfig:"DATABASE_MIGRATE_ON_START" default:"false" desc:"apply schema migrations before serving"`
+
+	RedisURL      string        `envconfig:"REDIS_URL" required:"true" desc:"Redis URL, redis:// or rediss://user:pass@host:6379/0; with REDIS_MODE=sentinel or cluster the host is the first seed and ?addr=host:port adds more (sentinel also needs ?master_name=)"`
+	RedisMode     string        `envconfig:"REDIS_MODE" default:"standalone" desc:"standalone, sentinel or cluster"`
+	RedisTimeout  time.Duration `envconfig:"REDIS_TIMEOUT" default:"250ms" desc:"deadline for one Redis command, dial included; past it the request is served from Postgres"`
+	RedisPoolSize int           `envconfig:"REDIS_POOL_SIZE" default:"0" desc:"Redis connections per node (0: go-redis default, 10 per CPU)"`
+
+	CacheTTL             time.Duration `envconfig:"CACHE_TTL" default:"300s" desc:"how long a cached view lives"`
+	CacheTTLJitter       float64       `envconfig:"CACHE_TTL_JITTER" default:"0.1" desc:"TTLs are stretched by a random fraction up to this, so keys written together expire apart"`
+	CacheNegativeTTL     time.Duration `envconfig:"CACHE_NEGATIVE_TTL" default:"30s" desc:"how long a missing item is remembered as missing"`
+	CacheKeyPrefix       string        `envconfig:"CACHE_KEY_PREFIX" default:"cacheside" desc:"prefix of every Redis key (lets services or tests share one Redis)"`
+	CacheBreakerFailures uint32        `envconfig:"CACHE_BREAKER_FAILURES" default:"3" desc:"consecutive Redis failures that make the service skip the cache"`
+	CacheBreakerCooldown time.Duration `envconfig:"CACHE_BREAKER_COOLDOWN" default:"5s" desc:"how long the cache is skipped before Redis is tried again"`
+
+	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s" desc:"time in-flight requests get to finish after SIGTERM"`
+	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	LogFormat       string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or text"`
+}
+
+// Var describes one environment variable the service reads.
+type Var struct {
+	Name        string
+	Type        string
+	Default     string
+	Required    bool
+	Description string
+}
+
+// Vars lists every variable Config reads, in declaration order.
+func Vars() []Var {
+	t := reflect.TypeFor[Config]()
+	vars := make([]Var, 0, t.NumField())
+	for f := range t.Fields() {
+		vars = append(vars, Var{
+			Name:        f.Tag.Get("envconfig"),
+			Type:        typeName(f.Type),
+			Default:     f.Tag.Get("default"),
+			Required:    f.Tag.Get("required") == "true",
+			Description: f.Tag.Get("desc"),
+		})
+	}
+	return vars
+}
+
+func typeName(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		return "duration"
+	case t.Kind() == reflect.Float64:
+		return "float"
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Uint64:
+		return "integer"
+	default:
+		return t.Kind().String()
+	}
+}
+
+// Load reads Config from the environment. Every bad or missing variable is reported in the one
+// returned error, not just the first, so an operator fixes them all in one go.
+func Load() (Config, error) {
+	var cfg Config
+	var problems []string
+
+	// envconfig stops at the first bad field. Processing each field through a one-field struct of
+	// the same tag keeps envconfig's own parsing and defaults while collecting every failure.
+	dst := reflect.ValueOf(&cfg).Elem()
+	for i := range dst.NumField() {
+		f := dst.Type().Field(i)
+		one := reflect.New(reflect.StructOf([]reflect.StructField{f}))
+		if err := envconfig.Process("", one.Interface()); err != nil {
+			problems = append(problems, describe(f, err))
+			continue
+		}
+		dst.Field(i).Set(one.Elem().Field(0))
+	}
+	problems = append(problems, cfg.validate()...)
+	if len(problems) > 0 {
+		return Config{}, &Error{Problems: problems}
+	}
+	return cfg, nil
+}
+
+// describe turns an envconfig error into "NAME: what it expects" without echoing the value,
+// which may be a URL holding a password.
+func describe(f reflect.StructField, err error) string {
+	name := f.Tag.Get("envconfig")
+	var perr *envconfig.ParseError
+	if errors.As(err, &perr) {
+		return fmt.Sprintf("%s: must be a %s (got an unparsable value)", name, expectation(f.Type))
+	}
+	if strings.Contains(err.Error(), "required") {
+		return fmt.Sprintf("%s: is required (%s)", name, f.Tag.Get("desc"))
+	}
+	return fmt.Sprintf("%s: %v", name, err)
+}
+
+func expectation(t reflect.Type) string {
+	switch typeName(t) {
+	case "duration":
+		return "Go duration such as 250ms, 5s or 2m"
+	case "integer":
+		return "whole number"
+	case "float":
+		return "decimal number"
+	case "bool":
+		return "boolean (true or false)"
+	default:
+		return typeName(t)
+	}
+}
+
+func (c Config) validate() []string {
+	var p []string
+	positive := func(name string, d time.Duration) {
+		if d <= 0 {
+			p = append(p, name+": must be a positive duration")
+		}
+	}
+	positive("HTTP_READ_HEADER_TIMEOUT", c.HTTPReadHeaderTimeout)
+	positive("HTTP_READ_TIMEOUT", c.HTTPReadTimeout)
+	positive("HTTP_WRITE_TIMEOUT", c.HTTPWriteTimeout)
+	positive("HTTP_IDLE_TIMEOUT", c.HTTPIdleTimeout)
+	positive("DATABASE_TIMEOUT", c.DatabaseTimeout)
+	positive("DATABASE_CONNECT_TIMEOUT", c.DatabaseConnectTimeout)
+	positive("REDIS_TIMEOUT", c.RedisTimeout)
+	positive("CACHE_TTL", c.CacheTTL)
+	positive("CACHE_NEGATIVE_TTL", c.CacheNegativeTTL)
+	positive("CACHE_BREAKER_COOLDOWN", c.CacheBreakerCooldown)
+	positive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout)
+
+	if c.HTTPAddr == "" {
+		p = append(p, "HTTP_ADDR: must be host:port or :port")
+	}
+	if c.HTTPMaxBodyBytes <= 0 {
+		p = append(p, "HTTP_MAX_BODY_BYTES: must be a positive number of bytes")
+	}
+	if c.DatabaseURL != "" {
+		if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+			p = append(p, "DATABASE_URL: must be a postgres:// or postgresql:// URL")
+		}
+	}
+	if c.DatabaseMaxConns < 1 {
+		p = append(p, "DATABASE_MAX_CONNS: must be at least 1")
+	}
+	if c.RedisURL != "" {
+		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+			p = append(p, "REDIS_URL: must be a redis:// or rediss:// URL")
+		}
+	}
+	switch c.RedisMode {
+	case "standalone", "sentinel", "cluster":
+	default:
+		p = append(p, "REDIS_MODE: must be standalone, sentinel or cluster")
+	}
+	if c.RedisPoolSize < 0 {
+		p = append(p, "REDIS_POOL_SIZE: must be 0 or more")
+	}
+	if c.CacheTTLJitter < 0 || c.CacheTTLJitter > 1 {
+		p = append(p, "CACHE_TTL_JITTER: must be between 0 and 1")
+	}
+	if c.CacheKeyPrefix == "" || strings.ContainsAny(c.CacheKeyPrefix, "{} \t\r\n") {
+		p = append(p, "CACHE_KEY_PREFIX: must be non-empty, without spaces or braces")
+	}
+	if c.CacheBreakerFailures < 1 {
+		p = append(p, "CACHE_BREAKER_FAILURES: must be at least 1")
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		p = append(p, "LOG_LEVEL: must be debug, info, warn or error")
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		p = append(p, "LOG_FORMAT: must be json or text")
+	}
+	return p
+}
+
+// Error lists every configuration problem found by Load.
+type Error struct{ Problems []string }
+
+func (e *Error) Error() string {
+	return "invalid configuration:\n  " + strings.Join(e.Problems, "\n  ")
+}
+
+// Redact returns a URL with its password replaced, safe to log. Input that does not parse is
+// withheld entirely rather than risk echoing a secret.
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL withheld)"
+	}
+	return u.Redacted()
+}
+
+// LogValue keeps secrets out of logs when the config is logged with slog.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("http_addr", c.HTTPAddr),
+		slog.String("database_url", Redact(c.DatabaseURL)),
+		slog.String("redis_url", Redact(c.RedisURL)),
+		slog.String("redis_mode", c.RedisMode),
+		slog.Duration("cache_ttl", c.CacheTTL),
+		slog.Bool("migrate_on_start", c.MigrateOnStart),
+	)
+}
+
+// PrintTable writes the table of variables with their defaults, as `cacheside env` shows it.
+func PrintTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VARIABLE\tTYPE\tDEFAULT\tDESCRIPTION")
+	for _, v := range Vars() {
+		def := v.Default
+		if v.Required {
+			def = "(required)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Name, v.Type, def, v.Description)
+	}
+	fmt.Fprintln(tw, "OTEL_*\t\t\tOpenTelemetry SDK settings (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, …)")
+	return tw.Flush()
+}
