@@ -97,16 +97,23 @@ func Load() (Config, error) {
 	// envconfig stops at the first bad field. Processing each field through a one-field struct of
 	// the same tag keeps envconfig's own parsing and defaults while collecting every failure.
 	dst := reflect.ValueOf(&cfg).Elem()
+	failed := map[string]bool{}
 	for i := range dst.NumField() {
 		f := dst.Type().Field(i)
 		one := reflect.New(reflect.StructOf([]reflect.StructField{f}))
 		if err := envconfig.Process("", one.Interface()); err != nil {
 			problems = append(problems, describe(f, err))
+			failed[f.Tag.Get("envconfig")] = true
 			continue
 		}
 		dst.Field(i).Set(one.Elem().Field(0))
 	}
-	problems = append(problems, cfg.validate()...)
+	// A variable that did not parse was left zero; its range check would only repeat the news.
+	for _, p := range cfg.validate() {
+		if name, _, _ := strings.Cut(p, ":"); !failed[name] {
+			problems = append(problems, p)
+		}
+	}
 	if len(problems) > 0 {
 		return Config{}, &Error{Problems: problems}
 	}

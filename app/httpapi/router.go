@@ -1,0 +1,92 @@
+// Package httpapi is the HTTP transport: the Gin router, its handlers, request logging, and the
+// one place where errors become status codes and JSON bodies.
+package httpapi
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/cacheside/cacheside/app/cache"
+	"github.com/cacheside/cacheside/app/samples"
+)
+
+// Deps is what the router serves.
+type Deps struct {
+	Log *slog.Logger
+	// Direct reads Postgres on every request (GET /sample).
+	Direct samples.Reader
+	// Cached serves GET /cache and the /samples resource; its writes retire cached views.
+	Cached samples.Store
+	// PostgresReady reports whether Postgres answers; it decides readiness.
+	PostgresReady func(context.Context) error
+	// RedisHealth reports Redis's state; shown by /readyz but never failing it.
+	RedisHealth func(context.Context) cache.Health
+	// MaxBodyBytes bounds request bodies (413 above).
+	MaxBodyBytes int64
+	// RetryAfter is suggested to clients when the database is unavailable.
+	RetryAfter time.Duration
+	// Middleware runs first on every request, e.g. tracing; may be empty.
+	Middleware []gin.HandlerFunc
+}
+
+// NewRouter returns the service's HTTP handler.
+func NewRouter(d Deps) *gin.Engine {
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.ContextWithFallback = true
+	_ = r.SetTrustedProxies(nil) // never trust X-Forwarded-For from arbitrary peers
+
+	r.Use(d.Middleware...)
+	r.Use(accessLog(d.Log), recoverMiddleware(d.Log), errorsMiddleware(d.Log, d.RetryAfter))
+
+	h := handlers{d}
+	r.GET("/healthz", h.healthz)
+	r.GET("/readyz", h.readyz)
+	r.GET("/sample", handle(h.list(d.Direct)))
+	r.GET("/cache", handle(h.list(d.Cached)))
+	r.GET("/samples/:id", handle(h.get))
+	r.POST("/samples", handle(h.create))
+	r.PUT("/samples/:id", handle(h.update))
+	r.DELETE("/samples/:id", handle(h.delete))
+
+	r.NoRoute(handle(func(c *gin.Context) error {
+		return clientError(http.StatusNotFound, "route_not_found", "no route %s %s", c.Request.Method, c.Request.URL.Path)
+	}))
+	r.NoMethod(handle(func(c *gin.Context) error {
+		return clientError(http.StatusMethodNotAllowed, "method_not_allowed", "method %s not allowed here", c.Request.Method)
+	}))
+	return r
+}
+
+// accessLog writes one line per request. Probes are logged at debug level so they don't drown
+// the lines that matter.
+func accessLog(log *slog.Logger) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		start := time.Now()
+		c.Next()
+		route := c.FullPath()
+		level := slog.LevelInfo
+		switch {
+		case route == "/healthz" || route == "/readyz":
+			level = slog.LevelDebug
+		case c.Writer.Status() >= 500:
+			level = slog.LevelError
+		}
+		log.LogAttrs(c.Request.Context(), level, "request",
+			slog.String("method", c.Request.Method),
+			slog.String("route", route),
+			slog.Int("status", c.Writer.Status()),
+			slog.Duration("latency", time.Since(start)),
+			slog.String("cache", c.Writer.Header().Get("X-Cache")),
+			slog.Int("bytes", c.Writer.Size()),
+		)
+	}
+}
+
+func stack() string { return string(debug.Stack()) }

@@ -1,0 +1,247 @@
+// Command cacheside serves samples from Postgres, directly and through a Redis cache-aside tier.
+//
+//	cacheside [serve]              run the HTTP API (default)
+//	cacheside migrate              apply the embedded schema migrations and exit
+//	cacheside seed -n N [-replace] [-if-empty]
+//	cacheside env                  print the environment variables it reads
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/cacheside/cacheside/app/buildinfo"
+	"github.com/cacheside/cacheside/app/cache"
+	"github.com/cacheside/cacheside/app/config"
+	"github.com/cacheside/cacheside/app/httpapi"
+	"github.com/cacheside/cacheside/app/platform/postgres"
+	"github.com/cacheside/cacheside/app/platform/redis"
+	"github.com/cacheside/cacheside/app/samples"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	var usage usageError
+	switch {
+	case err == nil:
+	case errors.As(err, &usage), isConfigError(err):
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	default:
+		fmt.Fprintln(os.Stderr, "cacheside:", err)
+		os.Exit(1)
+	}
+}
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func isConfigError(err error) bool {
+	var cerr *config.Error
+	return errors.As(err, &cerr)
+}
+
+const usage = `usage: cacheside [command]
+
+commands:
+  serve     run the HTTP API (default)
+  migrate   apply the embedded schema migrations and exit
+  seed      insert samples: seed -n N [-replace] [-if-empty]
+  env       print the environment variables cacheside reads
+  version   print the version
+
+configuration comes from the environment; "cacheside env" lists it.`
+
+// run dispatches a subcommand. It returns instead of exiting so deferred cleanup always runs.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return withDeps(ctx, stderr, serve)
+	case "migrate":
+		return withDeps(ctx, stderr, func(ctx context.Context, d deps) error {
+			if err := postgres.Migrate(ctx, d.pool); err != nil {
+				return err
+			}
+			d.log.Info("migrations applied")
+			return nil
+		})
+	case "seed":
+		return seedCommand(ctx, args, stderr)
+	case "env":
+		return config.PrintTable(stdout)
+	case "version":
+		_, err := fmt.Fprintf(stdout, "cacheside %s (%s)\n", buildinfo.Version, buildinfo.CommitOrVCS())
+		return err
+	case "help", "-h", "-help", "--help":
+		fmt.Fprintln(stdout, usage)
+		fmt.Fprintln(stdout)
+		return config.PrintTable(stdout)
+	default:
+		return usageError{fmt.Sprintf("unknown command %q\n\n%s", cmd, usage)}
+	}
+}
+
+// deps are the connections every command shares, built in the order they are needed.
+type deps struct {
+	cfg   config.Config
+	log   *slog.Logger
+	pool  *pgxpool.Pool
+	rdb   goredis.UniversalClient
+	cache *cache.Cache
+	db    *samples.PGStore
+}
+
+func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, deps) error) error {
+	cfg, err := config.Load()
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	log.Info("starting", "version", buildinfo.Version, "commit", buildinfo.CommitOrVCS(), "config", cfg)
+
+	pool, err := postgres.Open(ctx, postgres.Options{
+		URL: cfg.DatabaseURL, MaxConns: cfg.DatabaseMaxConns, ConnectTimeout: cfg.DatabaseConnectTimeout,
+	})
+	if err != nil {
+		return fmt.Errorf("opening postgres: %w", err)
+	}
+	defer pool.Close()
+
+	rdb, err := redis.New(redis.Options{URL: cfg.RedisURL, Mode: cfg.RedisMode, Timeout: cfg.RedisTimeout, PoolSize: cfg.RedisPoolSize})
+	if err != nil {
+		return fmt.Errorf("opening redis: %w", err)
+	}
+	defer rdb.Close()
+
+	c := cache.New(rdb, cache.Options{
+		Prefix:          cfg.CacheKeyPrefix + ":" + samples.PayloadVersion,
+		TTL:             cfg.CacheTTL,
+		Jitter:          cfg.CacheTTLJitter,
+		NegativeTTL:     cfg.CacheNegativeTTL,
+		OpTimeout:       cfg.RedisTimeout,
+		LoadTimeout:     cfg.DatabaseTimeout,
+		BreakerFailures: cfg.CacheBreakerFailures,
+		BreakerCooldown: cfg.CacheBreakerCooldown,
+		Logger:          log,
+	})
+	return fn(ctx, deps{cfg: cfg, log: log, pool: pool, rdb: rdb, cache: c, db: samples.NewPGStore(pool, cfg.DatabaseTimeout)})
+}
+
+// serve runs the HTTP API until ctx is cancelled (SIGINT/SIGTERM), then lets in-flight requests
+// finish within SHUTDOWN_TIMEOUT before the pools close.
+func serve(ctx context.Context, d deps) error {
+	if d.cfg.MigrateOnStart {
+		if err := postgres.Migrate(ctx, d.pool); err != nil {
+			return fmt.Errorf("migrating on start: %w", err)
+		}
+		d.log.Info("migrations applied")
+	}
+
+	router := httpapi.NewRouter(httpapi.Deps{
+		Log:           d.log,
+		Direct:        d.db,
+		Cached:        samples.NewCachedStore(d.db, d.cache),
+		PostgresReady: d.pool.Ping,
+		RedisHealth:   d.cache.Health,
+		MaxBodyBytes:  d.cfg.HTTPMaxBodyBytes,
+		RetryAfter:    d.cfg.CacheBreakerCooldown,
+	})
+	srv := &http.Server{
+		Handler:           router,
+		ReadHeaderTimeout: d.cfg.HTTPReadHeaderTimeout,
+		ReadTimeout:       d.cfg.HTTPReadTimeout,
+		WriteTimeout:      d.cfg.HTTPWriteTimeout,
+		IdleTimeout:       d.cfg.HTTPIdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", d.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", d.cfg.HTTPAddr, err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	d.log.Info("serving", "addr", ln.Addr().String())
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serving http: %w", err)
+	case <-ctx.Done():
+	}
+	d.log.Info("shutting down", "timeout", d.cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("shutting down: in-flight requests did not finish in %s: %w", d.cfg.ShutdownTimeout, err)
+	}
+	d.log.Info("stopped")
+	return nil
+}
+
+func seedCommand(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("seed", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	n := fs.Int("n", 1000, "number of samples to insert")
+	replace := fs.Bool("replace", false, "delete every sample first")
+	ifEmpty := fs.Bool("if-empty", false, "insert only when there are no samples")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if *n < 0 || *n > 10_000_000 {
+		return usageError{"seed: -n must be between 0 and 10000000"}
+	}
+	return withDeps(ctx, stderr, func(ctx context.Context, d deps) error {
+		if *ifEmpty && !*replace {
+			count, err := d.db.Count(ctx)
+			if err != nil {
+				return err
+			}
+			if count > 0 {
+				d.log.Info("seed skipped: samples exist", "count", count)
+				return nil
+			}
+		}
+		total, err := d.db.Seed(ctx, *n, *replace)
+		if err != nil {
+			return err
+		}
+		d.log.Info("seeded", "inserted", *n, "total", total)
+		// The rows changed behind the cache's back: retire its views, or /cache would serve the
+		// old list until the TTL. A seed that cannot reach Redis says so rather than fail.
+		if err := samples.NewCachedStore(d.db, d.cache).InvalidateAll(ctx); err != nil {
+			d.log.Warn("could not retire cached views; they expire within CACHE_TTL", "err", err)
+		}
+		return nil
+	})
+}
+
+func newLogger(w io.Writer, level, format string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(strings.ToUpper(level))) // validated by config
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

@@ -1,0 +1,95 @@
+package samples
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	"github.com/cacheside/cacheside/app/cache"
+)
+
+// CachedStore serves reads cache-aside through Redis and retires the cached views a write
+// affects once the write is committed. It wraps any Store and is one itself.
+type CachedStore struct {
+	db    Store
+	cache *cache.Cache
+}
+
+// NewCachedStore wraps db with c.
+func NewCachedStore(db Store, c *cache.Cache) *CachedStore {
+	return &CachedStore{db: db, cache: c}
+}
+
+var listKey = cache.Key{Space: "list", ID: "all"}
+
+func itemKey(id int64) cache.Key { return cache.Key{Space: "item", ID: strconv.FormatInt(id, 10)} }
+
+// List serves the whole list.
+func (s *CachedStore) List(ctx context.Context) (View, error) {
+	return s.fetch(ctx, listKey, s.db.List)
+}
+
+// Get serves one sample; a missing id is remembered as missing for the negative TTL.
+func (s *CachedStore) Get(ctx context.Context, id int64) (View, error) {
+	return s.fetch(ctx, itemKey(id), func(ctx context.Context) (View, error) { return s.db.Get(ctx, id) })
+}
+
+func (s *CachedStore) fetch(ctx context.Context, k cache.Key, read func(context.Context) (View, error)) (View, error) {
+	res, err := s.cache.Fetch(ctx, k, func(ctx context.Context) ([]byte, error) {
+		v, err := read(ctx)
+		if errors.Is(err, ErrNotFound) {
+			return nil, cache.ErrNotFound
+		}
+		return v.JSON, err
+	})
+	if err != nil {
+		return View{Cache: string(res.Outcome)}, err
+	}
+	if !res.Found {
+		return View{Cache: string(res.Outcome)}, ErrNotFound
+	}
+	return View{JSON: res.Body, Cache: string(res.Outcome)}, nil
+}
+
+// Create inserts a sample and retires the list and the new id's (possibly negative) entry.
+func (s *CachedStore) Create(ctx context.Context, title string) (Sample, error) {
+	created, err := s.db.Create(ctx, title)
+	if err != nil {
+		return Sample{}, err
+	}
+	s.invalidate(ctx, created.ID)
+	return created, nil
+}
+
+// Update changes a sample and retires the list and that item.
+func (s *CachedStore) Update(ctx context.Context, id int64, title string) (Sample, error) {
+	updated, err := s.db.Update(ctx, id, title)
+	if err != nil {
+		return Sample{}, err
+	}
+	s.invalidate(ctx, id)
+	return updated, nil
+}
+
+// Delete removes a sample and retires the list and that item.
+func (s *CachedStore) Delete(ctx context.Context, id int64) error {
+	if err := s.db.Delete(ctx, id); err != nil {
+		return err
+	}
+	s.invalidate(ctx, id)
+	return nil
+}
+
+// InvalidateAll retires every cached view, for bulk changes made outside the API such as seeding.
+func (s *CachedStore) InvalidateAll(ctx context.Context) error {
+	if err := s.cache.Invalidate(ctx, listKey); err != nil {
+		return err
+	}
+	return s.cache.InvalidateSpace(ctx, "item")
+}
+
+// invalidate never fails the write: it is committed. The cache defers what Redis did not take
+// and bypasses itself until it is delivered.
+func (s *CachedStore) invalidate(ctx context.Context, id int64) {
+	_ = s.cache.Invalidate(ctx, listKey, itemKey(id))
+}

@@ -1,0 +1,137 @@
+package samples
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/cacheside/cacheside/app/platform/postgres"
+)
+
+// PGStore reads and writes samples in Postgres. Every call is bounded by its query timeout.
+type PGStore struct {
+	pool    *pgxpool.Pool
+	timeout time.Duration
+}
+
+// NewPGStore returns a store over pool.
+func NewPGStore(pool *pgxpool.Pool, timeout time.Duration) *PGStore {
+	return &PGStore{pool: pool, timeout: timeout}
+}
+
+const columns = "id, title, created_at"
+
+// List returns every sample ordered by id, as a JSON array.
+func (s *PGStore) List(ctx context.Context) (View, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	rows, _ := s.pool.Query(ctx, "SELECT "+columns+" FROM samples ORDER BY id")
+	list, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Sample])
+	if err != nil {
+		return View{}, classify("listing samples", err)
+	}
+	if list == nil {
+		list = []Sample{} // [] rather than null
+	}
+	return encode(list)
+}
+
+// Get returns one sample as a JSON object.
+func (s *PGStore) Get(ctx context.Context, id int64) (View, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	rows, _ := s.pool.Query(ctx, "SELECT "+columns+" FROM samples WHERE id = $1", id)
+	one, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Sample])
+	if err != nil {
+		return View{}, classify("reading sample", err)
+	}
+	return encode(one)
+}
+
+// Create inserts a sample; the database assigns id and created_at.
+func (s *PGStore) Create(ctx context.Context, title string) (Sample, error) {
+	return s.writeOne(ctx, "creating sample", "INSERT INTO samples (title) VALUES ($1) RETURNING "+columns, title)
+}
+
+// Update replaces a sample's title.
+func (s *PGStore) Update(ctx context.Context, id int64, title string) (Sample, error) {
+	return s.writeOne(ctx, "updating sample", "UPDATE samples SET title = $2 WHERE id = $1 RETURNING "+columns, id, title)
+}
+
+// Delete removes a sample.
+func (s *PGStore) Delete(ctx context.Context, id int64) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	tag, err := s.pool.Exec(ctx, "DELETE FROM samples WHERE id = $1", id)
+	if err != nil {
+		return classify("deleting sample", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// Seed inserts n samples titled "Sample N" in one statement, first deleting every sample when
+// replace is set. It returns how many samples exist afterwards.
+func (s *PGStore) Seed(ctx context.Context, n int, replace bool) (int64, error) {
+	var total int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if replace {
+			if _, err := tx.Exec(ctx, "DELETE FROM samples"); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO samples (title) SELECT 'Sample ' || g FROM generate_series(1, $1::int) AS g", n); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, "SELECT count(*) FROM samples").Scan(&total)
+	})
+	if err != nil {
+		return 0, classify("seeding samples", err)
+	}
+	return total, nil
+}
+
+// Count returns how many samples exist.
+func (s *PGStore) Count(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM samples").Scan(&n); err != nil {
+		return 0, classify("counting samples", err)
+	}
+	return n, nil
+}
+
+func (s *PGStore) writeOne(ctx context.Context, what, sql string, args ...any) (Sample, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	rows, _ := s.pool.Query(ctx, sql, args...)
+	one, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Sample])
+	if err != nil {
+		return Sample{}, classify(what, err)
+	}
+	return one, nil
+}
+
+func classify(what string, err error) error {
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return ErrNotFound
+	case postgres.IsUnavailable(err):
+		return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func encode(v any) (View, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return View{}, fmt.Errorf("encoding samples: %w", err)
+	}
+	return View{JSON: b}, nil
+}
