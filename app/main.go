@@ -28,7 +28,7 @@ import (
 	"github.com/cacheside/cacheside/app/config"
 	"github.com/cacheside/cacheside/app/httpapi"
 	"github.com/cacheside/cacheside/app/platform/postgres"
-	"github.com/cacheside/cacheside/app/platform/redis"
+	"github.com/cacheside/cacheside/app/platform/redisclient"
 	"github.com/cacheside/cacheside/app/samples"
 )
 
@@ -127,7 +127,7 @@ func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, de
 	}
 	defer pool.Close()
 
-	rdb, err := redis.New(redis.Options{URL: cfg.RedisURL, Mode: cfg.RedisMode, Timeout: cfg.RedisTimeout, PoolSize: cfg.RedisPoolSize})
+	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Mode: cfg.RedisMode, Timeout: cfg.RedisTimeout, PoolSize: cfg.RedisPoolSize})
 	if err != nil {
 		return fmt.Errorf("opening redis: %w", err)
 	}

@@ -187,6 +187,11 @@ func (c *Cache) fetch(ctx context.Context, span trace.Span, k Key, load Loader) 
 		// that request is cancelled, the others must still get their answer.
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.LoadTimeout)
 		defer cancel()
+		// A flight that finished between our lookup and this one starting has stored the value:
+		// look again rather than load twice.
+		if again, hit, err := c.lookup(lctx, k); err == nil && hit != nil && again == gen {
+			return *hit, nil
+		}
 		body, found, err := c.runLoad(lctx, k, load)
 		if err != nil {
 			return nil, err

@@ -1,7 +1,7 @@
-// Package redis builds the go-redis client for standalone, Sentinel or Cluster deployments from
+// Package redisclient builds the go-redis client for standalone, Sentinel or Cluster deployments from
 // one URL, with timeouts short enough that a sick Redis costs a request little. It knows nothing
 // of the domain.
-package redis
+package redisclient
 
 import (
 	"errors"

@@ -1,0 +1,188 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisServer is a private redis-server a test may kill, pause and restart.
+type RedisServer struct {
+	t    testing.TB
+	bin  string
+	dir  string
+	Port int
+	cmd  *exec.Cmd
+}
+
+// StartRedis starts a private redis-server on a free port, stopped when the test ends. The binary
+// is $REDIS_SERVER or redis-server on PATH (make test provides it).
+func StartRedis(t testing.TB) *RedisServer {
+	t.Helper()
+	bin := os.Getenv("REDIS_SERVER")
+	if bin == "" {
+		var err error
+		if bin, err = exec.LookPath("redis-server"); err != nil {
+			t.Fatalf("redis-server not found: run the tests with `make test`, which installs it")
+		}
+	}
+	s := &RedisServer{t: t, bin: bin, dir: t.TempDir(), Port: FreePort(t)}
+	s.Start()
+	t.Cleanup(func() {
+		if s.cmd != nil {
+			_ = s.cmd.Process.Signal(syscall.SIGCONT)
+			s.Stop()
+		}
+	})
+	return s
+}
+
+// URL is the server's redis:// URL.
+func (s *RedisServer) URL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", s.Port) }
+
+// Start (re)starts the server on its port and waits until it answers PING.
+func (s *RedisServer) Start() {
+	s.t.Helper()
+	s.cmd = exec.Command(s.bin, "--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"))
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatalf("starting redis-server: %v", err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port)), MaxRetries: -1})
+	defer rdb.Close()
+	Eventually(s.t, 10*time.Second, func() error { return rdb.Ping(context.Background()).Err() })
+}
+
+// Stop kills the server as a crash would and waits for it to exit.
+func (s *RedisServer) Stop() {
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+// Pause freezes the server (SIGSTOP): connections stay open but nothing is answered, which is
+// how a Redis stuck in a long command or a GC-paused proxy looks to a client.
+func (s *RedisServer) Pause() { _ = s.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume undoes Pause.
+func (s *RedisServer) Resume() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }
+
+// PostgresServer is a private Postgres cluster a test may stop and restart.
+type PostgresServer struct {
+	t     testing.TB
+	bin   string
+	dir   string
+	Port  int
+	cred  *syscall.Credential
+	cmd   *exec.Cmd
+	admin string
+}
+
+// StartPostgres initialises and starts a private cluster on a free port, removed when the test
+// ends. Postgres refuses to run as root, so as root it runs as the "postgres" user. Binaries come
+// from $PG_BINDIR, else pg_ctl's directory on PATH, else Debian's /usr/lib/postgresql/*/bin.
+func StartPostgres(t testing.TB) *PostgresServer {
+	t.Helper()
+	bin := pgBinDir(t)
+	dir, err := os.MkdirTemp("", "cacheside-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	s := &PostgresServer{t: t, bin: bin, dir: dir, Port: FreePort(t)}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatalf("running as root needs a 'postgres' user to run Postgres as: %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	initdb := s.command("initdb", "-D", s.data(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+	if out, err := initdb.CombinedOutput(); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	s.admin = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", s.Port)
+	s.Start()
+	t.Cleanup(func() {
+		if s.cmd != nil {
+			s.Stop()
+		}
+	})
+	return s
+}
+
+// AdminURL is a superuser URL on the server's "postgres" database.
+func (s *PostgresServer) AdminURL() string { return s.admin }
+
+func (s *PostgresServer) data() string { return filepath.Join(s.dir, "data") }
+
+func (s *PostgresServer) command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(s.bin, name), args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	cmd.Dir = s.dir
+	return cmd
+}
+
+// Start (re)starts the server and waits until it accepts connections.
+func (s *PostgresServer) Start() {
+	s.t.Helper()
+	s.cmd = s.command("postgres", "-D", s.data(), "-p", strconv.Itoa(s.Port), "-k", s.dir,
+		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50")
+	logf, err := os.Create(filepath.Join(s.dir, "postgres.log"))
+	if err == nil {
+		s.cmd.Stdout, s.cmd.Stderr = logf, logf
+		defer logf.Close()
+	}
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatalf("starting postgres: %v", err)
+	}
+	Eventually(s.t, 30*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, s.admin)
+		if err != nil {
+			return err
+		}
+		return conn.Close(ctx)
+	})
+}
+
+// Stop shuts the server down (fast mode: open sessions are terminated) and waits for it.
+func (s *PostgresServer) Stop() {
+	_ = s.cmd.Process.Signal(syscall.SIGINT)
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+func pgBinDir(t testing.TB) string {
+	t.Helper()
+	if d := os.Getenv("PG_BINDIR"); d != "" {
+		return d
+	}
+	if p, err := exec.LookPath("pg_ctl"); err == nil {
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			return filepath.Dir(real)
+		}
+	}
+	if m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres"); len(m) > 0 {
+		return filepath.Dir(m[len(m)-1])
+	}
+	t.Fatalf("PostgreSQL server binaries not found: run the tests with `make test`, which installs them")
+	return ""
+}

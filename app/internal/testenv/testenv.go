@@ -1,0 +1,154 @@
+// Package testenv gives tests real Postgres and Redis: an isolated database and key namespace on
+// the shared servers named by TEST_DATABASE_URL and TEST_REDIS_URL (make test starts throwaway
+// ones), and private servers a test may stop, pause and restart to show faults.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cacheside/cacheside/app/platform/postgres"
+)
+
+func mustEnv(t testing.TB, name string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		t.Fatalf("%s is not set: run the tests with `make test`, which starts Postgres and Redis, or point %s at a server", name, name)
+	}
+	return v
+}
+
+// Name returns a short random identifier usable in database and key names.
+func Name(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// Database creates a fresh, migrated database on the shared server and returns its URL. It is
+// dropped when the test ends.
+func Database(t testing.TB) string {
+	t.Helper()
+	admin := mustEnv(t, "TEST_DATABASE_URL")
+	return CreateDatabase(t, admin)
+}
+
+// CreateDatabase creates a fresh, migrated database on the server at adminURL (a role that may
+// create databases) and drops it when the test ends.
+func CreateDatabase(t testing.TB, adminURL string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	name := Name("cacheside_test_")
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		t.Fatalf("connecting to test postgres: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("creating database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, adminURL)
+		if err != nil {
+			t.Logf("dropping %s: %v", name, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Logf("dropping %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(adminURL)
+	if err != nil {
+		t.Fatalf("parsing database url: %v", err)
+	}
+	u.Path = "/" + name
+	dbURL := u.String()
+
+	pool := Pool(t, dbURL)
+	if err := postgres.Migrate(ctx, pool); err != nil {
+		t.Fatalf("migrating test database: %v", err)
+	}
+	return dbURL
+}
+
+// Pool opens a pool on dbURL, closed when the test ends.
+func Pool(t testing.TB, dbURL string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := postgres.Open(context.Background(), postgres.Options{URL: dbURL, MaxConns: 20, ConnectTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("opening pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// RedisURL returns the shared test Redis's URL.
+func RedisURL(t testing.TB) string {
+	t.Helper()
+	return mustEnv(t, "TEST_REDIS_URL")
+}
+
+// Redis returns a client on the shared test Redis and a key prefix no other test uses; the
+// prefix's keys are deleted when the test ends.
+func Redis(t testing.TB) (*redis.Client, string) {
+	t.Helper()
+	opt, err := redis.ParseURL(RedisURL(t))
+	if err != nil {
+		t.Fatalf("parsing TEST_REDIS_URL: %v", err)
+	}
+	rdb := redis.NewClient(opt)
+	prefix := Name("cstest")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		it := rdb.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+		for it.Next(ctx) {
+			rdb.Del(ctx, it.Val())
+		}
+		_ = rdb.Close()
+	})
+	return rdb, prefix
+}
+
+// FreePort asks the kernel for a free loopback TCP port.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Eventually polls cond every interval until it holds or the deadline passes; the last
+// failure message is reported.
+func Eventually(t testing.TB, within time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s: %v", within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
