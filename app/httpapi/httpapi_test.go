@@ -1,0 +1,422 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/cacheside/cacheside/app/cache"
+	"github.com/cacheside/cacheside/app/httpapi"
+	"github.com/cacheside/cacheside/app/internal/testenv"
+	"github.com/cacheside/cacheside/app/platform/redisclient"
+	"github.com/cacheside/cacheside/app/samples"
+)
+
+// env is the real router over a real Postgres database and a real Redis.
+type env struct {
+	url    string
+	router *gin.Engine
+	logs   *syncBuffer
+}
+
+type setup struct {
+	databaseURL string // default: a fresh database on the shared test server
+	redisURL    string // default: the shared test Redis
+}
+
+func start(t *testing.T, s setup) *env {
+	t.Helper()
+	if s.databaseURL == "" {
+		s.databaseURL = testenv.Database(t)
+	}
+	prefix := testenv.Name("cstest") + ":" + samples.PayloadVersion
+	if s.redisURL == "" {
+		_, p := testenv.Redis(t) // for the prefix and its cleanup
+		s.redisURL, prefix = testenv.RedisURL(t), p+":"+samples.PayloadVersion
+	}
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	pool := testenv.Pool(t, s.databaseURL)
+	rdb, err := redisclient.New(redisclient.Options{URL: s.redisURL, Timeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	c := cache.New(rdb, cache.Options{
+		Prefix: prefix, TTL: time.Minute, Jitter: 0.1, NegativeTTL: 30 * time.Second,
+		OpTimeout: 300 * time.Millisecond, LoadTimeout: 5 * time.Second,
+		BreakerFailures: 3, BreakerCooldown: time.Second, Logger: log,
+	})
+	db := samples.NewPGStore(pool, 2*time.Second)
+	router := httpapi.NewRouter(httpapi.Deps{
+		Log: log, Direct: db, Cached: samples.NewCachedStore(db, c),
+		PostgresReady: pool.Ping, RedisHealth: c.Health,
+		MaxBodyBytes: 1 << 20, RetryAfter: 5 * time.Second,
+	})
+	srv := httptest.NewServer(router)
+	t.Cleanup(srv.Close)
+	return &env{url: srv.URL, router: router, logs: logs}
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r response) json(t *testing.T) any {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(r.body, &v); err != nil {
+		t.Fatalf("body is not JSON: %v: %q", err, r.body)
+	}
+	return v
+}
+
+func (e *env) do(t *testing.T, method, path, contentType string, body io.Reader) response {
+	t.Helper()
+	req, err := http.NewRequest(method, e.url+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{status: res.StatusCode, header: res.Header, body: b}
+}
+
+func (e *env) get(t *testing.T, path string) response { return e.do(t, "GET", path, "", nil) }
+
+func (e *env) send(t *testing.T, method, path, body string) response {
+	return e.do(t, method, path, "application/json", strings.NewReader(body))
+}
+
+func (e *env) create(t *testing.T, title string) samples.Sample {
+	t.Helper()
+	r := e.send(t, "POST", "/samples", fmt.Sprintf(`{"title":%q}`, title))
+	if r.status != http.StatusCreated {
+		t.Fatalf("create: %d %s", r.status, r.body)
+	}
+	var s samples.Sample
+	if err := json.Unmarshal(r.body, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func titles(t *testing.T, body []byte) []string {
+	t.Helper()
+	var list []samples.Sample
+	if err := json.Unmarshal(body, &list); err != nil {
+		t.Fatalf("not a list of samples: %v: %q", err, body)
+	}
+	out := []string{}
+	for _, s := range list {
+		out = append(out, s.Title)
+	}
+	return out
+}
+
+func TestCacheServesWhatSampleServesAndWritesShowAtOnce(t *testing.T) {
+	e := start(t, setup{})
+	first := e.create(t, "first")
+	e.create(t, "second")
+
+	direct := e.get(t, "/sample")
+	miss := e.get(t, "/cache")
+	hit := e.get(t, "/cache")
+	if direct.status != 200 || miss.status != 200 || hit.status != 200 {
+		t.Fatalf("statuses %d %d %d", direct.status, miss.status, hit.status)
+	}
+	if got := []string{direct.header.Get("X-Cache"), miss.header.Get("X-Cache"), hit.header.Get("X-Cache")}; !cmp.Equal(got, []string{"", "MISS", "HIT"}) {
+		t.Errorf("X-Cache of /sample, /cache, /cache = %q", got)
+	}
+	if !bytes.Equal(direct.body, miss.body) || !bytes.Equal(miss.body, hit.body) {
+		t.Errorf("bodies differ:\n/sample %s\n/cache  %s\nhit     %s", direct.body, miss.body, hit.body)
+	}
+	if diff := cmp.Diff([]string{"first", "second"}, titles(t, hit.body)); diff != "" {
+		t.Errorf("list (-want +got):\n%s", diff)
+	}
+	if ct := hit.header.Get("Content-Type"); ct != "application/json; charset=utf-8" {
+		t.Errorf("Content-Type = %q", ct)
+	}
+
+	steps := []struct {
+		name  string
+		write func()
+		want  []string
+	}{
+		{"a created sample is listed at once", func() { e.create(t, "third") }, []string{"first", "second", "third"}},
+		{"an updated title is listed at once", func() {
+			if r := e.send(t, "PUT", fmt.Sprintf("/samples/%d", first.ID), `{"title":"first, renamed"}`); r.status != 200 {
+				t.Fatalf("PUT: %d %s", r.status, r.body)
+			}
+		}, []string{"first, renamed", "second", "third"}},
+		{"a deleted sample is gone at once", func() {
+			if r := e.do(t, "DELETE", fmt.Sprintf("/samples/%d", first.ID), "", nil); r.status != 204 {
+				t.Fatalf("DELETE: %d %s", r.status, r.body)
+			}
+		}, []string{"second", "third"}},
+	}
+	for _, step := range steps {
+		t.Run(step.name, func(t *testing.T) {
+			e.get(t, "/cache") // make sure a cached list exists to be retired
+			step.write()
+			for _, path := range []string{"/cache", "/sample"} {
+				if diff := cmp.Diff(step.want, titles(t, e.get(t, path).body)); diff != "" {
+					t.Errorf("%s (-want +got):\n%s", path, diff)
+				}
+			}
+		})
+	}
+}
+
+func TestItemReadsAreCachedAndWritesRetireThem(t *testing.T) {
+	e := start(t, setup{})
+	s := e.create(t, "one")
+	path := fmt.Sprintf("/samples/%d", s.ID)
+
+	miss, hit := e.get(t, path), e.get(t, path)
+	if miss.header.Get("X-Cache") != "MISS" || hit.header.Get("X-Cache") != "HIT" || !bytes.Equal(miss.body, hit.body) {
+		t.Fatalf("item reads: %s %s / %s %s", miss.header.Get("X-Cache"), miss.body, hit.header.Get("X-Cache"), hit.body)
+	}
+	var got samples.Sample
+	if err := json.Unmarshal(hit.body, &got); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(s, got); diff != "" {
+		t.Errorf("item (-created +read):\n%s", diff)
+	}
+
+	e.send(t, "PUT", path, `{"title":"two"}`)
+	if r := e.get(t, path); !strings.Contains(string(r.body), `"title":"two"`) {
+		t.Errorf("after PUT: %s", r.body)
+	}
+	e.do(t, "DELETE", path, "", nil)
+	if r := e.get(t, path); r.status != 404 {
+		t.Errorf("after DELETE: %d %s", r.status, r.body)
+	}
+}
+
+func TestAMissingItemIsRememberedUntilItIsCreated(t *testing.T) {
+	e := start(t, setup{})
+	existing := e.create(t, "exists")
+	next := fmt.Sprintf("/samples/%d", existing.ID+1)
+
+	if r := e.get(t, next); r.status != 404 || r.header.Get("X-Cache") != "MISS" {
+		t.Fatalf("first read of a missing id: %d %s", r.status, r.header.Get("X-Cache"))
+	}
+	if r := e.get(t, next); r.status != 404 || r.header.Get("X-Cache") != "HIT" {
+		t.Fatalf("second read of a missing id: %d %s, want a cached 404", r.status, r.header.Get("X-Cache"))
+	}
+	e.create(t, "the next id")
+	if r := e.get(t, next); r.status != 200 {
+		t.Errorf("after creating it: %d %s", r.status, r.body)
+	}
+}
+
+func TestBadInputGetsAClearJSONError(t *testing.T) {
+	e := start(t, setup{})
+	s := e.create(t, "exists")
+	item := fmt.Sprintf("/samples/%d", s.ID)
+	tests := []struct {
+		name        string
+		method      string
+		path        string
+		contentType string
+		body        string
+		status      int
+		code        string
+	}{
+		{"an unknown id is not found", "GET", "/samples/999999", "", "", 404, "not_found"},
+		{"a non-numeric id is a bad request", "GET", "/samples/abc", "", "", 400, "invalid_id"},
+		{"a zero id is a bad request", "GET", "/samples/0", "", "", 400, "invalid_id"},
+		{"an id past int64 is a bad request", "GET", "/samples/99999999999999999999", "", "", 400, "invalid_id"},
+		{"updating an unknown id is not found", "PUT", "/samples/999999", "application/json", `{"title":"x"}`, 404, "not_found"},
+		{"deleting an unknown id is not found", "DELETE", "/samples/999999", "", "", 404, "not_found"},
+		{"invalid JSON is a bad request", "POST", "/samples", "application/json", `{"title":`, 400, "invalid_json"},
+		{"an empty body is a bad request", "POST", "/samples", "application/json", ``, 400, "invalid_json"},
+		{"a JSON array is a bad request", "POST", "/samples", "application/json", `["x"]`, 400, "invalid_json"},
+		{"trailing data is a bad request", "POST", "/samples", "application/json", `{"title":"a"}{"title":"b"}`, 400, "invalid_json"},
+		{"an unknown field is a bad request", "POST", "/samples", "application/json", `{"title":"a","color":"red"}`, 400, "unknown_field"},
+		{"a missing title is unprocessable", "POST", "/samples", "application/json", `{}`, 422, "validation_failed"},
+		{"a null title is unprocessable", "POST", "/samples", "application/json", `{"title":null}`, 422, "validation_failed"},
+		{"an empty title is unprocessable", "POST", "/samples", "application/json", `{"title":""}`, 422, "validation_failed"},
+		{"a blank title is unprocessable", "PUT", item, "application/json", `{"title":"   "}`, 422, "validation_failed"},
+		{"a 201-character title is unprocessable", "POST", "/samples", "application/json", `{"title":"` + strings.Repeat("é", 201) + `"}`, 422, "validation_failed"},
+		{"a non-string title is unprocessable", "POST", "/samples", "application/json", `{"title":42}`, 422, "validation_failed"},
+		{"a NUL in the title is unprocessable", "POST", "/samples", "application/json", `{"title":"a\u0000b"}`, 422, "validation_failed"},
+		{"a body over 1 MiB is too large", "POST", "/samples", "application/json", `{"title":"` + strings.Repeat("a", 2<<20) + `"}`, 413, "body_too_large"},
+		{"a form body is an unsupported media type", "POST", "/samples", "application/x-www-form-urlencoded", `title=a`, 415, "unsupported_media_type"},
+		{"an unknown route is not found", "GET", "/nope", "", "", 404, "route_not_found"},
+		{"a wrong method is not allowed", "PATCH", "/samples", "application/json", `{}`, 405, "method_not_allowed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.do(t, tc.method, tc.path, tc.contentType, strings.NewReader(tc.body))
+			var body struct {
+				Error struct{ Code, Message string }
+			}
+			if err := json.Unmarshal(r.body, &body); err != nil {
+				t.Fatalf("%d with a non-JSON body %q", r.status, r.body)
+			}
+			if r.status != tc.status || body.Error.Code != tc.code || body.Error.Message == "" {
+				t.Errorf("got %d %+v, want %d with code %q and a message", r.status, body.Error, tc.status, tc.code)
+			}
+		})
+	}
+
+	// Nothing above stored anything: the one sample is still the only one, unchanged.
+	if diff := cmp.Diff([]string{"exists"}, titles(t, e.get(t, "/sample").body)); diff != "" {
+		t.Errorf("bad requests changed data (-want +got):\n%s", diff)
+	}
+}
+
+func TestTitlesOfExactly200CharactersAreAccepted(t *testing.T) {
+	e := start(t, setup{})
+	title := strings.Repeat("é", 200) // 400 bytes, 200 characters
+	if got := e.create(t, title); got.Title != title {
+		t.Errorf("stored title differs")
+	}
+}
+
+func TestAPanicIsA500WithJSONAndALogLine(t *testing.T) {
+	e := start(t, setup{})
+	e.router.GET("/boom", func(*gin.Context) { panic("kaboom") })
+
+	r := e.get(t, "/boom")
+	if r.status != 500 || !strings.Contains(string(r.body), `"code":"internal"`) || strings.Contains(string(r.body), "kaboom") {
+		t.Errorf("panic answered %d %s, want a 500 JSON error that hides the panic", r.status, r.body)
+	}
+	if !strings.Contains(e.logs.String(), `"panic":"kaboom"`) {
+		t.Errorf("no log line with the panic:\n%s", e.logs)
+	}
+	if r := e.get(t, "/healthz"); r.status != 200 {
+		t.Errorf("server unhealthy after a panic: %d", r.status)
+	}
+}
+
+func TestEachRequestIsLoggedOnceWithItsOutcome(t *testing.T) {
+	e := start(t, setup{})
+	e.get(t, "/cache")
+	var line struct {
+		Msg, Method, Route, Cache string
+		Status                    int
+		Latency                   float64
+	}
+	found := 0
+	for _, l := range strings.Split(strings.TrimSpace(e.logs.String()), "\n") {
+		if err := json.Unmarshal([]byte(l), &line); err == nil && line.Msg == "request" && line.Route == "/cache" {
+			found++
+			if line.Method != "GET" || line.Status != 200 || line.Cache != "MISS" || line.Latency <= 0 {
+				t.Errorf("log line %s", l)
+			}
+		}
+	}
+	if found != 1 {
+		t.Errorf("%d request lines for one request:\n%s", found, e.logs)
+	}
+}
+
+func TestRedisDownTheServiceStillAnswersFromPostgres(t *testing.T) {
+	redisSrv := testenv.StartRedis(t)
+	e := start(t, setup{redisURL: redisSrv.URL()})
+	s := e.create(t, "survives")
+	e.get(t, "/cache")
+	redisSrv.Stop()
+
+	for _, path := range []string{"/cache", fmt.Sprintf("/samples/%d", s.ID)} {
+		r := e.get(t, path)
+		if r.status != 200 || r.header.Get("X-Cache") != "BYPASS" || !strings.Contains(string(r.body), "survives") {
+			t.Errorf("GET %s with Redis down: %d %s %s", path, r.status, r.header.Get("X-Cache"), r.body)
+		}
+	}
+	if r := e.send(t, "POST", "/samples", `{"title":"written while Redis is down"}`); r.status != 201 {
+		t.Errorf("POST with Redis down: %d %s", r.status, r.body)
+	}
+	r := e.get(t, "/readyz")
+	want := map[string]any{"status": "ready"}
+	if got := r.json(t).(map[string]any); r.status != 200 || got["status"] != want["status"] ||
+		got["checks"].(map[string]any)["redis"].(map[string]any)["status"] != "down" {
+		t.Errorf("/readyz with Redis down: %d %s, want 200 ready reporting redis down", r.status, r.body)
+	}
+
+	redisSrv.Start()
+	testenv.Eventually(t, 15*time.Second, func() error {
+		if r := e.get(t, "/cache"); r.header.Get("X-Cache") == "BYPASS" {
+			return fmt.Errorf("still BYPASS")
+		}
+		return nil
+	})
+	if r := e.get(t, "/cache"); !strings.Contains(string(r.body), "written while Redis is down") {
+		t.Errorf("after recovery the list misses the write made while Redis was down: %s", r.body)
+	}
+}
+
+func TestPostgresDownIsA503AndNotReadyUntilItReturns(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	e := start(t, setup{databaseURL: testenv.CreateDatabase(t, pg.AdminURL())})
+	e.create(t, "before the outage")
+	pg.Stop()
+
+	for _, tc := range []struct{ method, path, body string }{
+		{"GET", "/sample", ""},
+		{"GET", "/cache", ""}, // not cached yet: nothing to serve
+		{"POST", "/samples", `{"title":"during the outage"}`},
+	} {
+		r := e.send(t, tc.method, tc.path, tc.body)
+		if r.status != 503 || r.header.Get("Retry-After") == "" || !strings.Contains(string(r.body), `"code":"unavailable"`) {
+			t.Errorf("%s %s with Postgres down: %d Retry-After=%q %s", tc.method, tc.path, r.status, r.header.Get("Retry-After"), r.body)
+		}
+	}
+	if r := e.get(t, "/readyz"); r.status != 503 {
+		t.Errorf("/readyz with Postgres down: %d %s", r.status, r.body)
+	}
+	if r := e.get(t, "/healthz"); r.status != 200 {
+		t.Errorf("/healthz must not depend on Postgres: %d", r.status)
+	}
+
+	pg.Start()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if r := e.get(t, "/readyz"); r.status != 200 {
+			return fmt.Errorf("/readyz %d", r.status)
+		}
+		return nil
+	})
+	if r := e.get(t, "/sample"); r.status != 200 || !strings.Contains(string(r.body), "before the outage") {
+		t.Errorf("after recovery: %d %s", r.status, r.body)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines to log into.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
