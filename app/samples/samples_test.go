@@ -1,0 +1,178 @@
+package samples_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cacheside/cacheside/app/cache"
+	"github.com/cacheside/cacheside/app/internal/testenv"
+	"github.com/cacheside/cacheside/app/samples"
+)
+
+func stores(t *testing.T) (*samples.PGStore, *samples.CachedStore) {
+	t.Helper()
+	pool := testenv.Pool(t, testenv.Database(t))
+	rdb, prefix := testenv.Redis(t)
+	db := samples.NewPGStore(pool, 5*time.Second)
+	c := cache.New(rdb, cache.Options{
+		Prefix: prefix, TTL: time.Minute, Jitter: 0.1, NegativeTTL: 30 * time.Second,
+		OpTimeout: time.Second, LoadTimeout: 5 * time.Second, BreakerFailures: 3, BreakerCooldown: time.Second,
+	})
+	return db, samples.NewCachedStore(db, c)
+}
+
+// TestNoReadStartedAfterAWriteReturnedSeesOlderData runs writers and readers together on real
+// Postgres and Redis. Writers number their titles; a reader notes the newest number whose write
+// had returned when the read began, and must never see an older one, on the item or the list.
+func TestNoReadStartedAfterAWriteReturnedSeesOlderData(t *testing.T) {
+	db, cached := stores(t)
+	ctx := context.Background()
+	s, err := cached.Create(ctx, "v0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var returned atomic.Int64 // newest version whose write has returned
+	const writes = 150
+
+	version := func(title string) int64 {
+		n, err := strconv.ParseInt(strings.TrimPrefix(title, "v"), 10, 64)
+		if err != nil {
+			t.Fatalf("unexpected title %q", title)
+		}
+		return n
+	}
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	wg.Go(func() {
+		defer close(done)
+		for v := int64(1); v <= writes; v++ {
+			if _, err := cached.Update(ctx, s.ID, fmt.Sprintf("v%d", v)); err != nil {
+				t.Error(err)
+				return
+			}
+			returned.Store(v)
+		}
+	})
+	var reads atomic.Int64
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				floor := returned.Load()
+				item, err := cached.Get(ctx, s.ID)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var one samples.Sample
+				if err := json.Unmarshal(item.JSON, &one); err != nil {
+					t.Error(err)
+					return
+				}
+				if v := version(one.Title); v < floor {
+					t.Errorf("item read began after v%d returned but saw v%d (%s)", floor, v, item.Cache)
+				}
+				list, err := cached.List(ctx)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var all []samples.Sample
+				if err := json.Unmarshal(list.JSON, &all); err != nil || len(all) != 1 {
+					t.Errorf("list: %v %s", err, list.JSON)
+					return
+				}
+				if v := version(all[0].Title); v < floor {
+					t.Errorf("list read began after v%d returned but saw v%d (%s)", floor, v, list.Cache)
+				}
+				reads.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if reads.Load() < writes/10 {
+		t.Errorf("only %d reads overlapped %d writes: the test did not exercise concurrency", reads.Load(), writes)
+	}
+	final, err := db.Get(ctx, s.ID)
+	if err != nil || !strings.Contains(string(final.JSON), fmt.Sprintf(`"v%d"`, writes)) {
+		t.Errorf("final row %s %v", final.JSON, err)
+	}
+}
+
+func TestSeedReplacesSamplesAndRetiresCachedViews(t *testing.T) {
+	db, cached := stores(t)
+	ctx := context.Background()
+	old, err := cached.Create(ctx, "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cached.List(ctx); err != nil { // cache the list and the item
+		t.Fatal(err)
+	}
+	if _, err := cached.Get(ctx, old.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	total, err := db.Seed(ctx, 10, true)
+	if err != nil || total != 10 {
+		t.Fatalf("Seed = %d, %v; want 10", total, err)
+	}
+	if err := cached.InvalidateAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	list, err := cached.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []samples.Sample
+	if err := json.Unmarshal(list.JSON, &all); err != nil || len(all) != 10 || all[0].Title != "Sample 1" {
+		t.Errorf("list after seeding: %d samples, %v", len(all), err)
+	}
+	if _, err := cached.Get(ctx, old.ID); !errors.Is(err, samples.ErrNotFound) {
+		t.Errorf("the replaced sample is still served: err=%v", err)
+	}
+}
+
+func TestAnEmptyTableListsAsAnEmptyArray(t *testing.T) {
+	db, _ := stores(t)
+	v, err := db.List(context.Background())
+	if err != nil || string(v.JSON) != "[]" {
+		t.Errorf("List = %s, %v; want []", v.JSON, err)
+	}
+}
+
+func TestValidateTitle(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		title string
+		ok    bool
+	}{
+		{"one character is enough", "a", true},
+		{"200 multibyte characters fit", strings.Repeat("ü", 200), true},
+		{"201 characters are too many", strings.Repeat("a", 201), false},
+		{"empty is rejected", "", false},
+		{"only spaces is rejected", " \t ", false},
+		{"NUL is rejected because Postgres text cannot hold it", "a\x00b", false},
+		{"invalid UTF-8 is rejected", "a\xffb", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := samples.ValidateTitle(tc.title)
+			if (err == nil) != tc.ok {
+				t.Errorf("ValidateTitle = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
