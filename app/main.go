@@ -117,6 +117,7 @@ func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, de
 		return err
 	}
 	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	redisclient.LogTo(log)
 	log.Info("starting", "version", buildinfo.Version, "commit", buildinfo.CommitOrVCS(), "config", cfg)
 
 	pool, err := postgres.Open(ctx, postgres.Options{
@@ -188,7 +189,7 @@ func serve(ctx context.Context, d deps) error {
 		return fmt.Errorf("serving http: %w", err)
 	case <-ctx.Done():
 	}
-	d.log.Info("shutting down", "timeout", d.cfg.ShutdownTimeout)
+	d.log.Info("shutting down", "timeout", d.cfg.ShutdownTimeout.String())
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {

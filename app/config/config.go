@@ -241,7 +241,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("database_url", Redact(c.DatabaseURL)),
 		slog.String("redis_url", Redact(c.RedisURL)),
 		slog.String("redis_mode", c.RedisMode),
-		slog.Duration("cache_ttl", c.CacheTTL),
+		slog.String("cache_ttl", c.CacheTTL.String()),
 		slog.Bool("migrate_on_start", c.MigrateOnStart),
 	)
 }

@@ -322,7 +322,7 @@ func TestEachRequestIsLoggedOnceWithItsOutcome(t *testing.T) {
 	var line struct {
 		Msg, Method, Route, Cache string
 		Status                    int
-		Latency                   float64
+		Latency                   float64 `json:"latency_ms"`
 	}
 	found := 0
 	for _, l := range strings.Split(strings.TrimSpace(e.logs.String()), "\n") {

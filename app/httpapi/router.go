@@ -78,14 +78,17 @@ func accessLog(log *slog.Logger) gin.HandlerFunc {
 		case c.Writer.Status() >= 500:
 			level = slog.LevelError
 		}
-		log.LogAttrs(c.Request.Context(), level, "request",
+		attrs := []slog.Attr{
 			slog.String("method", c.Request.Method),
 			slog.String("route", route),
 			slog.Int("status", c.Writer.Status()),
-			slog.Duration("latency", time.Since(start)),
-			slog.String("cache", c.Writer.Header().Get("X-Cache")),
-			slog.Int("bytes", c.Writer.Size()),
-		)
+			slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
+			slog.Int("bytes", max(0, c.Writer.Size())),
+		}
+		if outcome := c.Writer.Header().Get("X-Cache"); outcome != "" {
+			attrs = append(attrs, slog.String("cache", outcome))
+		}
+		log.LogAttrs(c.Request.Context(), level, "request", attrs...)
 	}
 }
 

@@ -4,8 +4,10 @@
 package redisclient
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"time"
 
@@ -63,6 +65,16 @@ func (o Options) tune(dial, read, write, pool *time.Duration, ctxTimeout *bool, 
 	if o.PoolSize > 0 {
 		*poolSize = o.PoolSize
 	}
+}
+
+// LogTo sends go-redis's own diagnostics (dial failures, pool trouble) to log at warn level, so
+// every line the service writes has the same format. go-redis has one process-wide logger.
+func LogTo(log *slog.Logger) { goredis.SetLogger(slogAdapter{log}) }
+
+type slogAdapter struct{ log *slog.Logger }
+
+func (a slogAdapter) Printf(ctx context.Context, format string, v ...any) {
+	a.log.WarnContext(ctx, "go-redis: "+fmt.Sprintf(format, v...))
 }
 
 // sanitize drops the URL that net/url puts into its errors.

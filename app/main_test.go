@@ -1,0 +1,306 @@
+package main_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cacheside/cacheside/app/internal/testenv"
+)
+
+// binary is the real cacheside, built once for this package's tests.
+var binary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "cacheside-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "cacheside")
+	out, err := exec.Command("go", "build", "-race", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bin, err := binary(); err == nil {
+		os.RemoveAll(filepath.Dir(bin))
+	}
+	os.Exit(code)
+}
+
+// proc is a running cacheside with its combined output captured.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	addr string
+}
+
+func command(t *testing.T, env []string, args ...string) *exec.Cmd {
+	t.Helper()
+	bin, err := binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	return cmd
+}
+
+func serve(t *testing.T, env ...string) *proc {
+	t.Helper()
+	port := testenv.FreePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	cmd := command(t, append(env, "HTTP_ADDR="+addr), "serve")
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, out: out, addr: addr}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("cacheside output:\n%s", out)
+		}
+	})
+	testenv.Eventually(t, 20*time.Second, func() error {
+		res, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return err
+		}
+		res.Body.Close()
+		return nil
+	})
+	return p
+}
+
+func baseEnv(t *testing.T) []string {
+	return []string{
+		"DATABASE_URL=" + testenv.Database(t),
+		"REDIS_URL=" + testenv.RedisURL(t),
+		"CACHE_KEY_PREFIX=" + testenv.Name("cstest"),
+	}
+}
+
+func TestAConfigErrorNamesEveryBadVariableAndLeaksNoPassword(t *testing.T) {
+	cmd := command(t, []string{
+		"DATABASE_URL=postgres://app:hunter2-secret@db:5432/app",
+		"CACHE_TTL=soon",
+		"REDIS_MODE=galaxy",
+		"HTTP_MAX_BODY_BYTES=-1",
+		"LOG_LEVEL=loud",
+	}, "serve")
+	out, err := cmd.CombinedOutput()
+	if code := exitCode(err); code != 2 {
+		t.Errorf("exit code %d, want 2", code)
+	}
+	for _, name := range []string{"REDIS_URL", "CACHE_TTL", "REDIS_MODE", "HTTP_MAX_BODY_BYTES", "LOG_LEVEL"} {
+		if !strings.Contains(string(out), name) {
+			t.Errorf("the error does not name %s:\n%s", name, out)
+		}
+	}
+	if strings.Contains(string(out), "DATABASE_URL") {
+		t.Errorf("a valid DATABASE_URL was reported as bad:\n%s", out)
+	}
+	if strings.Contains(string(out), "hunter2") {
+		t.Errorf("the password leaked:\n%s", out)
+	}
+}
+
+func TestEnvPrintsEveryVariableWithItsDefault(t *testing.T) {
+	out, err := command(t, nil, "env").CombinedOutput()
+	if err != nil {
+		t.Fatal(err, string(out))
+	}
+	for _, want := range []string{"HTTP_ADDR", ":8080", "CACHE_TTL", "300s", "DATABASE_URL", "(required)", "SHUTDOWN_TIMEOUT", "OTEL_"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("env output lacks %q:\n%s", want, out)
+		}
+	}
+	if out, err := command(t, nil, "--help").CombinedOutput(); err != nil || !strings.Contains(string(out), "migrate") {
+		t.Errorf("--help: %v\n%s", err, out)
+	}
+	if out, err := command(t, nil, "frobnicate").CombinedOutput(); exitCode(err) != 2 || !strings.Contains(string(out), "unknown command") {
+		t.Errorf("unknown command: exit %d\n%s", exitCode(err), out)
+	}
+}
+
+func TestMigrateAndSeedPrepareADatabase(t *testing.T) {
+	env := baseEnv(t) // the database is already migrated: migrate must be idempotent
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := command(t, env, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	run("migrate")
+	run("seed", "-n", "25")
+	if out := run("seed", "-n", "25", "-if-empty"); !strings.Contains(out, "seed skipped") {
+		t.Errorf("-if-empty seeded a non-empty table:\n%s", out)
+	}
+	run("seed", "-n", "7", "-replace")
+
+	conn, err := pgx.Connect(context.Background(), strings.TrimPrefix(env[0], "DATABASE_URL="))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var n int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM samples").Scan(&n); err != nil || n != 7 {
+		t.Errorf("samples after seeding = %d, %v; want 7", n, err)
+	}
+}
+
+// TestSIGTERMFinishesInFlightRequestsThenExitsZero holds a request inside Postgres with a table
+// lock, sends SIGTERM, then releases the lock: the request must complete and the process exit 0.
+func TestSIGTERMFinishesInFlightRequestsThenExitsZero(t *testing.T) {
+	env := baseEnv(t)
+	dbURL := strings.TrimPrefix(env[0], "DATABASE_URL=")
+	p := serve(t, append(env, "SHUTDOWN_TIMEOUT=20s")...)
+
+	ctx := context.Background()
+	locker, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close(ctx)
+	tx, err := locker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE samples IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+
+	type result struct {
+		status int
+		err    error
+	}
+	inflight := make(chan result, 1)
+	go func() {
+		res, err := http.Get("http://" + p.addr + "/sample")
+		if err != nil {
+			inflight <- result{err: err}
+			return
+		}
+		res.Body.Close()
+		inflight <- result{status: res.StatusCode}
+	}()
+	// Wait until the request is blocked on the lock inside Postgres.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		var waiting int
+		err := locker.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE relation = 'samples'::regclass AND NOT granted").Scan(&waiting)
+		if err == nil && waiting == 0 {
+			err = fmt.Errorf("no request waiting on the lock yet")
+		}
+		return err
+	})
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(p.out.String(), "shutting down") {
+			return fmt.Errorf("no shutdown logged yet")
+		}
+		return nil
+	})
+	// New connections are refused once shutdown has begun.
+	if res, err := http.Get("http://" + p.addr + "/healthz"); err == nil {
+		res.Body.Close()
+		t.Errorf("a new request was accepted during shutdown: %d", res.StatusCode)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	if r := <-inflight; r.err != nil || r.status != 200 {
+		t.Errorf("in-flight request: %d %v, want 200", r.status, r.err)
+	}
+	if err := p.cmd.Wait(); err != nil {
+		t.Errorf("exit: %v, want 0\n%s", err, p.out)
+	}
+}
+
+func TestPasswordsInURLsNeverReachTheLogs(t *testing.T) {
+	env := baseEnv(t)
+	// Credentials the servers don't expect: Postgres (trust auth) ignores the password, and Redis
+	// rejects an unknown user, so the cache errors and is bypassed — and error paths get logged.
+	dbURL := strings.Replace(strings.TrimPrefix(env[0], "DATABASE_URL="), "postgres@", "postgres:pg-s3cret-pw@", 1)
+	redisURL := strings.Replace(testenv.RedisURL(t), "redis://", "redis://cacheside:redis-s3cret-pw@", 1)
+	p := serve(t, "DATABASE_URL="+dbURL, "REDIS_URL="+redisURL, env[2], "LOG_LEVEL=debug")
+	for _, path := range []string{"/cache", "/cache", "/readyz", "/sample"} {
+		res, err := http.Get("http://" + p.addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Wait()
+	out := p.out.String()
+	if !strings.Contains(out, "database_url") {
+		t.Fatalf("the start-up line with the redacted config is missing:\n%s", out)
+	}
+	for _, secret := range []string{"pg-s3cret-pw", "redis-s3cret-pw"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("%s leaked into the logs:\n%s", secret, out)
+		}
+	}
+	if !hasLine(out, `"cache":"BYPASS"`) {
+		t.Errorf("expected the rejected Redis password to make /cache bypass:\n%s", out)
+	}
+}
+
+func hasLine(out, frag string) bool {
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), frag) {
+			return true
+		}
+	}
+	return false
+}
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
