@@ -28,6 +28,8 @@ type env struct {
 	url    string
 	router *gin.Engine
 	logs   *syncBuffer
+	db     *samples.PGStore
+	cache  *cache.Cache
 }
 
 type setup struct {
@@ -35,7 +37,7 @@ type setup struct {
 	redisURL    string // default: the shared test Redis
 }
 
-func start(t *testing.T, s setup) *env {
+func start(t testing.TB, s setup) *env {
 	t.Helper()
 	if s.databaseURL == "" {
 		s.databaseURL = testenv.Database(t)
@@ -66,7 +68,7 @@ func start(t *testing.T, s setup) *env {
 	})
 	srv := httptest.NewServer(router)
 	t.Cleanup(srv.Close)
-	return &env{url: srv.URL, router: router, logs: logs}
+	return &env{url: srv.URL, router: router, logs: logs, db: db, cache: c}
 }
 
 type response struct {

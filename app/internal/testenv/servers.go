@@ -90,7 +90,7 @@ type PostgresServer struct {
 }
 
 // StartPostgres initialises and starts a private cluster on a free port, removed when the test
-// ends. Postgres refuses to run as root, so as root it runs as the "postgres" user. Binaries come
+// ends. Postgres refuses to run as root, so as root it runs as $PG_RUN_AS (else "postgres"). Binaries come
 // from $PG_BINDIR, else pg_ctl's directory on PATH, else Debian's /usr/lib/postgresql/*/bin.
 func StartPostgres(t testing.TB) *PostgresServer {
 	t.Helper()
@@ -102,9 +102,13 @@ func StartPostgres(t testing.TB) *PostgresServer {
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	s := &PostgresServer{t: t, bin: bin, dir: dir, Port: FreePort(t)}
 	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
+		name := os.Getenv("PG_RUN_AS") // set by make test
+		if name == "" {
+			name = "postgres"
+		}
+		u, err := user.Lookup(name)
 		if err != nil {
-			t.Fatalf("running as root needs a 'postgres' user to run Postgres as: %v", err)
+			t.Fatalf("running as root needs an unprivileged user to run Postgres as (PG_RUN_AS, else postgres): %v", err)
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
