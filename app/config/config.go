@@ -33,7 +33,7 @@ type Config struct {
 	DatabaseConnectTimeout time.Duration `envconfig:"DATABASE_CONNECT_TIMEOUT" default:"5s" desc:"deadline for opening a Postgres connection"`
 	MigrateOnStart         bool          `envconfig:"DATABASE_MIGRATE_ON_START" default:"false" desc:"apply schema migrations before serving"`
 
-	RedisURL      string        `envconfig:"REDIS_URL" required:"true" desc:"Redis URL, redis:// or rediss://user:pass@host:6379/0; with REDIS_MODE=sentinel or cluster the host is the first seed and ?addr=host:port adds more (sentinel also needs ?master_name=)"`
+	RedisURL      string        `envconfig:"REDIS_URL" required:"true" desc:"Redis URL, redis:// or rediss://user:pass@host:6379/0 (Sentinel and Cluster: see README)"`
 	RedisMode     string        `envconfig:"REDIS_MODE" default:"standalone" desc:"standalone, sentinel or cluster"`
 	RedisTimeout  time.Duration `envconfig:"REDIS_TIMEOUT" default:"250ms" desc:"deadline for one Redis command, dial included; past it the request is served from Postgres"`
 	RedisPoolSize int           `envconfig:"REDIS_POOL_SIZE" default:"0" desc:"Redis connections per node (0: go-redis default, 10 per CPU)"`
@@ -174,7 +174,9 @@ func (c Config) validate() []string {
 	if c.HTTPMaxBodyBytes <= 0 {
 		p = append(p, "HTTP_MAX_BODY_BYTES: must be a positive number of bytes")
 	}
-	if c.DatabaseURL != "" {
+	if c.DatabaseURL == "" {
+		p = append(p, "DATABASE_URL: is required and must not be empty")
+	} else {
 		if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 			p = append(p, "DATABASE_URL: must be a postgres:// or postgresql:// URL")
 		}
@@ -182,7 +184,9 @@ func (c Config) validate() []string {
 	if c.DatabaseMaxConns < 1 {
 		p = append(p, "DATABASE_MAX_CONNS: must be at least 1")
 	}
-	if c.RedisURL != "" {
+	if c.RedisURL == "" {
+		p = append(p, "REDIS_URL: is required and must not be empty")
+	} else {
 		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
 			p = append(p, "REDIS_URL: must be a redis:// or rediss:// URL")
 		}
