@@ -17,18 +17,23 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
+	"time"
 
+	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/extra/redisotel/v9"
 	goredis "github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel"
 
 	"github.com/cacheside/cacheside/app/buildinfo"
 	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/config"
 	"github.com/cacheside/cacheside/app/httpapi"
+	"github.com/cacheside/cacheside/app/platform/logging"
 	"github.com/cacheside/cacheside/app/platform/postgres"
 	"github.com/cacheside/cacheside/app/platform/redisclient"
+	"github.com/cacheside/cacheside/app/platform/telemetry"
 	"github.com/cacheside/cacheside/app/samples"
 )
 
@@ -105,6 +110,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 type deps struct {
 	cfg   config.Config
 	log   *slog.Logger
+	tel   *telemetry.Telemetry
 	pool  *pgxpool.Pool
 	rdb   goredis.UniversalClient
 	cache *cache.Cache
@@ -116,23 +122,52 @@ func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, de
 	if err != nil {
 		return err
 	}
-	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	log := logging.New(stderr, cfg.LogLevel, cfg.LogFormat)
 	redisclient.LogTo(log)
 	log.Info("starting", "version", buildinfo.Version, "commit", buildinfo.CommitOrVCS(), "config", cfg)
 
+	tel, err := telemetry.Setup(ctx, "cacheside", buildinfo.Version)
+	if err != nil {
+		return fmt.Errorf("setting up telemetry: %w", err)
+	}
+	defer func() {
+		// Flush the last spans even though ctx is cancelled by now.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(sctx); err != nil {
+			log.Warn("flushing telemetry", "err", err)
+		}
+	}()
+	log.Info("telemetry", "tracing", tel.TracingEnabled)
+
 	pool, err := postgres.Open(ctx, postgres.Options{
 		URL: cfg.DatabaseURL, MaxConns: cfg.DatabaseMaxConns, ConnectTimeout: cfg.DatabaseConnectTimeout,
+		// Query text without parameter values; spans only inside a request's trace.
+		Tracer: otelpgx.NewTracer(otelpgx.WithTrimSQLInSpanName()),
 	})
 	if err != nil {
 		return fmt.Errorf("opening postgres: %w", err)
 	}
 	defer pool.Close()
+	if err := otelpgx.RecordStats(pool); err != nil {
+		return fmt.Errorf("instrumenting postgres pool: %w", err)
+	}
 
 	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Mode: cfg.RedisMode, Timeout: cfg.RedisTimeout, PoolSize: cfg.RedisPoolSize})
 	if err != nil {
 		return fmt.Errorf("opening redis: %w", err)
 	}
 	defer rdb.Close()
+	// Without WithDBStatement(false) redisotel records whole commands, cached bodies included.
+	if err := redisotel.InstrumentTracing(rdb,
+		redisotel.WithTracerProvider(telemetry.ChildSpansOnly(otel.GetTracerProvider())),
+		redisotel.WithDBStatement(false), redisotel.WithCallerEnabled(false),
+	); err != nil {
+		return fmt.Errorf("instrumenting redis: %w", err)
+	}
+	if err := redisotel.InstrumentMetrics(rdb); err != nil {
+		return fmt.Errorf("instrumenting redis pool: %w", err)
+	}
 
 	c := cache.New(rdb, cache.Options{
 		Prefix:          cfg.CacheKeyPrefix + ":" + samples.PayloadVersion,
@@ -145,7 +180,7 @@ func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, de
 		BreakerCooldown: cfg.CacheBreakerCooldown,
 		Logger:          log,
 	})
-	return fn(ctx, deps{cfg: cfg, log: log, pool: pool, rdb: rdb, cache: c, db: samples.NewPGStore(pool, cfg.DatabaseTimeout)})
+	return fn(ctx, deps{cfg: cfg, log: log, tel: tel, pool: pool, rdb: rdb, cache: c, db: samples.NewPGStore(pool, cfg.DatabaseTimeout)})
 }
 
 // serve runs the HTTP API until ctx is cancelled (SIGINT/SIGTERM), then lets in-flight requests
@@ -166,6 +201,7 @@ func serve(ctx context.Context, d deps) error {
 		RedisHealth:   d.cache.Health,
 		MaxBodyBytes:  d.cfg.HTTPMaxBodyBytes,
 		RetryAfter:    d.cfg.CacheBreakerCooldown,
+		Metrics:       d.tel.Metrics,
 	})
 	srv := &http.Server{
 		Handler:           router,
@@ -235,14 +271,4 @@ func seedCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return nil
 	})
-}
-
-func newLogger(w io.Writer, level, format string) *slog.Logger {
-	var lv slog.Level
-	_ = lv.UnmarshalText([]byte(strings.ToUpper(level))) // validated by config
-	opts := &slog.HandlerOptions{Level: lv}
-	if format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
 }

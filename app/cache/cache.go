@@ -37,6 +37,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/singleflight"
 )
@@ -75,6 +77,8 @@ type Result struct {
 	Found   bool   // false when the loader said ErrNotFound (now or when cached)
 	Outcome Outcome
 	Shared  bool // a miss served by another request's load
+
+	loadSpan trace.SpanContext // the load that produced a miss, linked from the traces of sharers
 }
 
 // Options configures a Cache. Zero durations are not defaults: the caller passes config values.
@@ -98,6 +102,7 @@ type Cache struct {
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
 	flights singleflight.Group
 	tracer  trace.Tracer
+	lookups metric.Int64Counter
 
 	mu       sync.Mutex
 	pending  map[Key]struct{} // invalidations Redis has not acknowledged yet
@@ -124,6 +129,21 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 		pending: make(map[Key]struct{}),
 		tracer:  otel.Tracer("github.com/cacheside/cacheside/app/cache"),
 	}
+	meter := otel.Meter("github.com/cacheside/cacheside/app/cache")
+	c.lookups, _ = meter.Int64Counter("cacheside.cache.lookups",
+		metric.WithDescription("Cache lookups by outcome (hit, miss, bypass), keyspace and tier."))
+	_, _ = meter.Int64ObservableGauge("cacheside.cache.breaker.state",
+		metric.WithDescription("Redis circuit breaker: 0 closed, 1 half-open, 2 open."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(int64(c.breaker.State()))
+			return nil
+		}))
+	_, _ = meter.Int64ObservableGauge("cacheside.cache.invalidations.pending",
+		metric.WithDescription("Invalidations Redis has not taken yet; the cache is bypassed meanwhile."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(int64(c.npending.Load()))
+			return nil
+		}))
 	c.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "redis",
 		MaxRequests: 1, // half-open: one probe decides
@@ -160,7 +180,16 @@ func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (Result, error) {
 	)
 	if res.Outcome == Miss {
 		span.SetAttributes(attribute.Bool("cache.shared_load", res.Shared))
+		if res.Shared && res.loadSpan.IsValid() {
+			// The load ran in another request's trace; point to it.
+			span.AddLink(trace.Link{SpanContext: res.loadSpan, Attributes: []attribute.KeyValue{attribute.String("cache.link", "shared load")}})
+		}
 	}
+	c.lookups.Add(ctx, 1, metric.WithAttributes(
+		attribute.String("cache.outcome", strings.ToLower(string(res.Outcome))),
+		attribute.String("cache.keyspace", k.Space),
+		attribute.String("cache.tier", "redis"),
+	))
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "load failed")
@@ -173,7 +202,7 @@ func (c *Cache) fetch(ctx context.Context, span trace.Span, k Key, load Loader) 
 	if err != nil {
 		span.AddEvent("cache.bypass", trace.WithAttributes(attribute.String("reason", err.Error())))
 		span.SetStatus(codes.Error, "redis unavailable: served from source")
-		body, found, err := c.runLoad(ctx, k, load)
+		body, found, _, err := c.runLoad(ctx, k, load)
 		return Result{Body: body, Found: found, Outcome: Bypass}, err
 	}
 	if cached != nil {
@@ -192,12 +221,12 @@ func (c *Cache) fetch(ctx context.Context, span trace.Span, k Key, load Loader) 
 		if again, hit, err := c.lookup(lctx, k); err == nil && hit != nil && again == gen {
 			return *hit, nil
 		}
-		body, found, err := c.runLoad(lctx, k, load)
+		body, found, loadSpan, err := c.runLoad(lctx, k, load)
 		if err != nil {
 			return nil, err
 		}
 		c.store(lctx, k, gen, found, body)
-		return Result{Body: body, Found: found, Outcome: Miss}, nil
+		return Result{Body: body, Found: found, Outcome: Miss, loadSpan: loadSpan}, nil
 	})
 	select {
 	case r := <-ch:
@@ -215,9 +244,10 @@ func (c *Cache) fetch(ctx context.Context, span trace.Span, k Key, load Loader) 
 // runLoad calls the loader in a child span and turns ErrNotFound into found=false. A panic in a
 // singleflight DoChan function would crash the process from another goroutine, so it becomes an
 // error here instead.
-func (c *Cache) runLoad(ctx context.Context, k Key, load Loader) (body []byte, found bool, err error) {
+func (c *Cache) runLoad(ctx context.Context, k Key, load Loader) (body []byte, found bool, sc trace.SpanContext, err error) {
 	ctx, span := c.tracer.Start(ctx, "cache.load "+k.Space)
 	defer span.End()
+	sc = span.SpanContext()
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("cache loader panicked: %v", p)
@@ -227,13 +257,14 @@ func (c *Cache) runLoad(ctx context.Context, k Key, load Loader) (body []byte, f
 	body, err = load(ctx)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return nil, false, nil
+		span.SetAttributes(attribute.Bool("cache.found", false))
+		return nil, false, sc, nil
 	case err != nil:
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "load failed")
-		return nil, false, err
+		return nil, false, sc, err
 	}
-	return body, true, nil
+	return body, true, sc, nil
 }
 
 // Reasons, besides a Redis error, that a request bypasses the cache.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"go.opentelemetry.io/contrib/instrumentation/github.com/gin-gonic/gin/otelgin"
 
 	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/samples"
@@ -30,9 +31,13 @@ type Deps struct {
 	MaxBodyBytes int64
 	// RetryAfter is suggested to clients when the database is unavailable.
 	RetryAfter time.Duration
-	// Middleware runs first on every request, e.g. tracing; may be empty.
-	Middleware []gin.HandlerFunc
+	// Metrics serves GET /metrics (Prometheus format); nil leaves the route out.
+	Metrics http.Handler
 }
+
+// untraced routes are probes and scrapes: frequent, uninteresting, and they would dominate
+// sampling. They are logged at debug level for the same reason.
+var untraced = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
 
 // NewRouter returns the service's HTTP handler.
 func NewRouter(d Deps) *gin.Engine {
@@ -42,7 +47,8 @@ func NewRouter(d Deps) *gin.Engine {
 	r.ContextWithFallback = true
 	_ = r.SetTrustedProxies(nil) // never trust X-Forwarded-For from arbitrary peers
 
-	r.Use(d.Middleware...)
+	// Tracing first, so the access log and error lines carry the request's trace id.
+	r.Use(otelgin.Middleware("cacheside", otelgin.WithGinFilter(func(c *gin.Context) bool { return !untraced[c.FullPath()] })))
 	r.Use(accessLog(d.Log), recoverMiddleware(d.Log), errorsMiddleware(d.Log, d.RetryAfter))
 
 	h := handlers{d}
@@ -54,6 +60,9 @@ func NewRouter(d Deps) *gin.Engine {
 	r.POST("/samples", handle(h.create))
 	r.PUT("/samples/:id", handle(h.update))
 	r.DELETE("/samples/:id", handle(h.delete))
+	if d.Metrics != nil {
+		r.GET("/metrics", gin.WrapH(d.Metrics))
+	}
 
 	r.NoRoute(handle(func(c *gin.Context) error {
 		return clientError(http.StatusNotFound, "route_not_found", "no route %s %s", c.Request.Method, c.Request.URL.Path)
@@ -73,7 +82,7 @@ func accessLog(log *slog.Logger) gin.HandlerFunc {
 		route := c.FullPath()
 		level := slog.LevelInfo
 		switch {
-		case route == "/healthz" || route == "/readyz":
+		case untraced[route]:
 			level = slog.LevelDebug
 		case c.Writer.Status() >= 500:
 			level = slog.LevelError
