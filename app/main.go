@@ -143,7 +143,7 @@ func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, de
 	pool, err := postgres.Open(ctx, postgres.Options{
 		URL: cfg.DatabaseURL, MaxConns: cfg.DatabaseMaxConns, ConnectTimeout: cfg.DatabaseConnectTimeout,
 		// Query text without parameter values; spans only inside a request's trace.
-		Tracer: otelpgx.NewTracer(otelpgx.WithTrimSQLInSpanName()),
+		Tracer: otelpgx.NewTracer(),
 	})
 	if err != nil {
 		return fmt.Errorf("opening postgres: %w", err)
