@@ -178,8 +178,13 @@ func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, de
 		LoadTimeout:     cfg.DatabaseTimeout,
 		BreakerFailures: cfg.CacheBreakerFailures,
 		BreakerCooldown: cfg.CacheBreakerCooldown,
+		Compress:        cfg.CacheCompression == "gzip",
+		Local:           cfg.CacheLocalEnabled,
+		LocalTTL:        cfg.CacheLocalTTL,
+		LocalMaxBytes:   cfg.CacheLocalMaxBytes,
 		Logger:          log,
 	})
+	defer c.Close()
 	return fn(ctx, deps{cfg: cfg, log: log, tel: tel, pool: pool, rdb: rdb, cache: c, db: samples.NewPGStore(pool, cfg.DatabaseTimeout)})
 }
 

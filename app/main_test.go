@@ -304,3 +304,45 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// TestAWriteOnOneReplicaReachesTheOthersNearCache runs two service processes on one Redis with
+// the near-cache on and entries living a minute: only the published invalidation can make the
+// second replica serve the write within the few seconds allowed.
+func TestAWriteOnOneReplicaReachesTheOthersNearCache(t *testing.T) {
+	env := append(baseEnv(t), "CACHE_LOCAL_ENABLED=true", "CACHE_LOCAL_TTL=1m")
+	a, b := serve(t, env...), serve(t, env...)
+	get := func(p *proc, path string) (string, string) {
+		t.Helper()
+		res, err := http.Get("http://" + p.addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		return string(body), res.Header.Get("X-Cache-Tier")
+	}
+	testenv.Eventually(t, 10*time.Second, func() error { // both subscribed
+		for _, p := range []*proc{a, b} {
+			if body, _ := get(p, "/readyz"); !strings.Contains(body, `"near_cache":"live"`) {
+				return fmt.Errorf("not live: %s", body)
+			}
+		}
+		return nil
+	})
+	get(b, "/cache")
+	if _, tier := get(b, "/cache"); tier != "local" {
+		t.Fatalf("replica B's second read came from %q, want its near-cache", tier)
+	}
+
+	res, err := http.Post("http://"+a.addr+"/samples", "application/json", strings.NewReader(`{"title":"written on A"}`))
+	if err != nil || res.StatusCode != 201 {
+		t.Fatalf("POST on A: %v %v", res, err)
+	}
+	res.Body.Close()
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if body, _ := get(b, "/cache"); !strings.Contains(body, "written on A") {
+			return fmt.Errorf("replica B still serves the list without A's write")
+		}
+		return nil
+	})
+}

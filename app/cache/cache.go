@@ -22,6 +22,13 @@
 // Concurrent misses share one load per key AND generation (singleflight), so a read that starts
 // after a write never joins a load that started before it.
 //
+// # Tiers and encoding
+//
+// Values are stored gzip-compressed (Options.Compress) with a fingerprint of the uncompressed
+// bytes, so a hit is sent as stored to clients that accept gzip and revalidated by ETag without
+// hashing. An optional in-process tier (Options.Local, see local.go) answers repeated reads
+// without a Redis round trip; it is invalidated across processes through Redis pub/sub.
+//
 // # Failing open
 //
 // Every Redis call is bounded by a timeout and goes through a circuit breaker: after a run of
@@ -32,6 +39,7 @@ package cache
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -42,6 +50,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/otel"
@@ -73,10 +82,13 @@ type Key struct{ Space, ID string }
 
 // Result is what Fetch served.
 type Result struct {
-	Body    []byte // the serialized value; nil when !Found
-	Found   bool   // false when the loader said ErrNotFound (now or when cached)
-	Outcome Outcome
-	Shared  bool // a miss served by another request's load
+	Body     []byte // the serialized value, encoded as Encoding says; nil when !Found
+	Encoding string // "gzip" or "" (identity)
+	ETag     string // fingerprint of the uncompressed value, the same in every tier
+	Found    bool   // false when the loader said ErrNotFound (now or when cached)
+	Outcome  Outcome
+	Tier     string // on a hit, which tier answered: "local" or "redis"
+	Shared   bool   // a miss served by another request's load
 
 	loadSpan trace.SpanContext // the load that produced a miss, linked from the traces of sharers
 }
@@ -91,6 +103,10 @@ type Options struct {
 	LoadTimeout     time.Duration // bound of one shared load (it outlives the request that started it)
 	BreakerFailures uint32        // consecutive failures that open the breaker
 	BreakerCooldown time.Duration // how long the cache is skipped once open
+	Compress        bool          // store values gzip-compressed
+	Local           bool          // keep a near-cache in process (needs Redis pub/sub)
+	LocalTTL        time.Duration // longest life of a near-cache entry
+	LocalMaxBytes   int64         // memory bound of the near-cache
 	Logger          *slog.Logger
 }
 
@@ -107,12 +123,21 @@ type Cache struct {
 	mu       sync.Mutex
 	pending  map[Key]struct{} // invalidations Redis has not acknowledged yet
 	npending atomic.Int32
+
+	local     *local // nil when off
+	stopLocal context.CancelFunc
+	localDone chan struct{}
 }
 
+// A stored value is gen | kind | encoding | etag | body.
 const (
 	genLen    = 16 // hex characters of a generation token
+	etagLen   = 16 // hex characters of a fingerprint
+	headerLen = genLen + 2 + etagLen
 	kindFound = '1'
 	kindGone  = '0'
+	encGzip   = 'g'
+	encIdent  = 'i'
 )
 
 // New returns a Cache over rdb.
@@ -144,6 +169,18 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 			o.Observe(int64(c.npending.Load()))
 			return nil
 		}))
+	if o.Local {
+		c.local = newLocal(o.Prefix, o.LocalTTL, o.LocalMaxBytes, o.Logger)
+		ctx, cancel := context.WithCancel(context.Background())
+		ps := rdb.Subscribe(ctx, c.local.channel)
+		c.localDone = make(chan struct{})
+		// Cancelling does not interrupt a blocked receive; closing the subscription does.
+		c.stopLocal = func() { cancel(); _ = ps.Close() }
+		go func() {
+			defer close(c.localDone)
+			c.local.listen(ctx, ps)
+		}()
+	}
 	c.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "redis",
 		MaxRequests: 1, // half-open: one probe decides
@@ -158,6 +195,14 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 	return c
 }
 
+// Close stops the near-cache's subscription. The Redis client is the caller's to close, after.
+func (c *Cache) Close() {
+	if c.stopLocal != nil {
+		c.stopLocal()
+		<-c.localDone
+	}
+}
+
 func (c *Cache) genKey(k Key) string { return c.o.Prefix + ":{" + k.Space + ":" + k.ID + "}:g" }
 
 // valKey shares genKey's hash tag, so both live in one Cluster slot and one MGET reads both.
@@ -168,14 +213,18 @@ func (c *Cache) valKey(k Key) string { return c.o.Prefix + ":{" + k.Space + ":" 
 func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (Result, error) {
 	ctx, span := c.tracer.Start(ctx, "cache.get "+k.Space, trace.WithAttributes(
 		attribute.String("cache.key", c.valKey(Key{Space: k.Space, ID: "*"})),
-		attribute.String("cache.tier", "redis"),
 	))
 	defer span.End()
 
 	res, err := c.fetch(ctx, span, k, load)
+	tier := res.Tier
+	if tier == "" {
+		tier = "redis" // misses and bypasses are decided at the Redis tier
+	}
 	span.SetAttributes(
 		attribute.Bool("cache.hit", res.Outcome == Hit),
 		attribute.String("cache.outcome", string(res.Outcome)),
+		attribute.String("cache.tier", tier),
 		attribute.Int("cache.item_size", len(res.Body)),
 	)
 	if res.Outcome == Miss {
@@ -188,7 +237,7 @@ func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (Result, error) {
 	c.lookups.Add(ctx, 1, metric.WithAttributes(
 		attribute.String("cache.outcome", strings.ToLower(string(res.Outcome))),
 		attribute.String("cache.keyspace", k.Space),
-		attribute.String("cache.tier", "redis"),
+		attribute.String("cache.tier", tier),
 	))
 	if err != nil {
 		span.RecordError(err)
@@ -198,15 +247,33 @@ func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (Result, error) {
 }
 
 func (c *Cache) fetch(ctx context.Context, span trace.Span, k Key, load Loader) (Result, error) {
+	vk := c.valKey(k)
+	var version uint64
+	if c.local != nil && c.npending.Load() == 0 {
+		if e, ok := c.local.get(vk); ok {
+			return e.result(Hit, "local"), nil
+		}
+		version = c.local.version(vk) // noted before Redis is asked: see local.store
+	}
 	gen, cached, err := c.lookup(ctx, k)
 	if err != nil {
 		span.AddEvent("cache.bypass", trace.WithAttributes(attribute.String("reason", err.Error())))
 		span.SetStatus(codes.Error, "redis unavailable: served from source")
-		body, found, _, err := c.runLoad(ctx, k, load)
-		return Result{Body: body, Found: found, Outcome: Bypass}, err
+		raw, found, _, err := c.runLoad(ctx, k, load)
+		if err != nil {
+			return Result{Outcome: Bypass}, err
+		}
+		e := entry{found: found, body: raw}
+		if found {
+			e.etag = Fingerprint(raw)
+		}
+		return e.result(Bypass, ""), nil
 	}
 	if cached != nil {
-		return *cached, nil
+		if c.local != nil {
+			c.local.store(vk, version, *cached)
+		}
+		return cached.result(Hit, "redis"), nil
 	}
 
 	// Keyed by generation: a read that began after a write sees a new generation and so never
@@ -219,14 +286,17 @@ func (c *Cache) fetch(ctx context.Context, span trace.Span, k Key, load Loader) 
 		// A flight that finished between our lookup and this one starting has stored the value:
 		// look again rather than load twice.
 		if again, hit, err := c.lookup(lctx, k); err == nil && hit != nil && again == gen {
-			return *hit, nil
+			return hit.result(Hit, "redis"), nil
 		}
-		body, found, loadSpan, err := c.runLoad(lctx, k, load)
+		raw, found, loadSpan, err := c.runLoad(lctx, k, load)
 		if err != nil {
 			return nil, err
 		}
-		c.store(lctx, k, gen, found, body)
-		return Result{Body: body, Found: found, Outcome: Miss, loadSpan: loadSpan}, nil
+		e := c.encode(found, raw)
+		c.store(lctx, k, gen, e)
+		res := e.result(Miss, "")
+		res.loadSpan = loadSpan
+		return res, nil
 	})
 	select {
 	case r := <-ch:
@@ -235,6 +305,9 @@ func (c *Cache) fetch(ctx context.Context, span trace.Span, k Key, load Loader) 
 		}
 		res := r.Val.(Result)
 		res.Shared = r.Shared
+		if c.local != nil {
+			c.local.store(vk, version, entry{found: res.Found, encoding: res.Encoding, etag: res.ETag, body: res.Body})
+		}
 		return res, nil
 	case <-ctx.Done():
 		return Result{Outcome: Miss}, ctx.Err()
@@ -273,9 +346,9 @@ var (
 	errPending     = errors.New("undelivered invalidations")
 )
 
-// lookup returns the current generation and, on a hit, the cached result. An error means Redis
+// lookup returns the current generation and, on a hit, the cached entry. An error means Redis
 // is unusable for this request (the caller bypasses it).
-func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *Result, err error) {
+func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *entry, err error) {
 	if c.npending.Load() > 0 && !c.flushPending(ctx) {
 		return "", nil, errPending
 	}
@@ -286,13 +359,8 @@ func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *Result, err
 		}
 		gen, _ = vals[0].(string)
 		val, _ := vals[1].(string)
-		if gen != "" && len(val) > genLen && val[:genLen] == gen {
-			body := []byte(val[genLen+1:])
-			found := val[genLen] == kindFound
-			if !found {
-				body = nil
-			}
-			hit = &Result{Body: body, Found: found, Outcome: Hit}
+		if gen != "" && len(val) >= headerLen && val[:genLen] == gen {
+			hit = decode(val)
 			return nil
 		}
 		if gen != "" {
@@ -316,15 +384,21 @@ func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *Result, err
 
 // store saves a loaded value under the generation it was loaded for. Best effort: a failure only
 // costs a later miss (and counts against the breaker).
-func (c *Cache) store(ctx context.Context, k Key, gen string, found bool, body []byte) {
-	ttl := c.o.NegativeTTL
-	kind := byte(kindGone)
-	if found {
+func (c *Cache) store(ctx context.Context, k Key, gen string, e entry) {
+	ttl, kind, enc := c.o.NegativeTTL, byte(kindGone), byte(encIdent)
+	if e.found {
 		ttl, kind = c.o.TTL, kindFound
 	}
+	if e.encoding == "gzip" {
+		enc = encGzip
+	}
 	ttl = c.jitter(ttl)
-	val := make([]byte, 0, genLen+1+len(body))
-	val = append(append(append(val, gen...), kind), body...)
+	etag := e.etag
+	if len(etag) != etagLen {
+		etag = strings.Repeat("0", etagLen)
+	}
+	val := make([]byte, 0, headerLen+len(e.body))
+	val = append(append(append(append(val, gen...), kind, enc), etag...), e.body...)
 	err := c.call(ctx, func(ctx context.Context) error {
 		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			p.Set(ctx, c.valKey(k), val, ttl)
@@ -344,6 +418,14 @@ func (c *Cache) store(ctx context.Context, k Key, gen string, found bool, body [
 func (c *Cache) Invalidate(ctx context.Context, keys ...Key) error {
 	ctx, span := c.tracer.Start(ctx, "cache.invalidate", trace.WithAttributes(attribute.Int("cache.keys", len(keys))))
 	defer span.End()
+	// This process never serves what it just retired, whatever Redis says.
+	if c.local != nil {
+		names := make([]string, len(keys))
+		for i, k := range keys {
+			names[i] = c.valKey(k)
+		}
+		c.local.invalidate(names...)
+	}
 	// Invalidations run even if the breaker is open: skipping one is what would serve stale data.
 	err := c.invalidate(ctx, keys)
 	if err != nil {
@@ -364,9 +446,16 @@ func (c *Cache) invalidate(ctx context.Context, keys []Key) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.OpTimeout)
 	defer cancel()
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		names := make([]string, 0, len(keys))
 		for _, k := range keys {
 			p.Set(ctx, c.genKey(k), newToken(), c.genTTL)
 			p.Del(ctx, c.valKey(k)) // not needed for correctness; frees memory at once
+			names = append(names, c.valKey(k))
+		}
+		if c.local != nil {
+			// After the generations: a process that drops its entry and asks Redis again must
+			// find the new generation.
+			p.Publish(ctx, c.local.channel, strings.Join(names, " "))
 		}
 		return nil
 	})
@@ -386,10 +475,20 @@ func (c *Cache) InvalidateSpace(ctx context.Context, space string) error {
 		}
 		return it.Err()
 	}
+	var err error
 	if cc, ok := c.rdb.(*redis.ClusterClient); ok {
-		return cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return scan(ctx, node) })
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return scan(ctx, node) })
+	} else {
+		err = scan(ctx, c.rdb)
 	}
-	return scan(ctx, c.rdb)
+	if err != nil {
+		return err
+	}
+	if c.local != nil {
+		c.local.flush()
+		return c.rdb.Publish(ctx, c.local.channel, flushAll).Err()
+	}
+	return nil
 }
 
 // flushPending delivers deferred invalidations; it reports whether none are left.
@@ -437,6 +536,7 @@ type Health struct {
 	Status  string `json:"status"`  // up or down
 	Breaker string `json:"breaker"` // closed, half-open or open
 	Pending int    `json:"pending_invalidations"`
+	Local   string `json:"near_cache"` // off, live (invalidations arriving) or down (not used)
 	Error   string `json:"error,omitempty"`
 }
 
@@ -444,7 +544,13 @@ type Health struct {
 func (c *Cache) Health(ctx context.Context) Health {
 	ctx, cancel := context.WithTimeout(ctx, c.o.OpTimeout)
 	defer cancel()
-	h := Health{Status: "up", Breaker: c.breaker.State().String(), Pending: int(c.npending.Load())}
+	h := Health{Status: "up", Breaker: c.breaker.State().String(), Pending: int(c.npending.Load()), Local: "off"}
+	if c.local != nil {
+		h.Local = "down"
+		if c.local.live.Load() {
+			h.Local = "live"
+		}
+	}
 	if err := c.rdb.Ping(ctx).Err(); err != nil {
 		h.Status, h.Error = "down", err.Error()
 	}
@@ -458,4 +564,46 @@ func newToken() string {
 		b[i] = byte(v >> (8 * i))
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// encode prepares a loaded value for storing: fingerprint of the raw bytes, then compression.
+func (c *Cache) encode(found bool, raw []byte) entry {
+	if !found {
+		return entry{}
+	}
+	e := entry{found: true, etag: Fingerprint(raw), body: raw}
+	if c.o.Compress {
+		e.body, e.encoding = gzipBytes(raw), "gzip"
+	}
+	return e
+}
+
+func decode(val string) *entry {
+	e := &entry{found: val[genLen] == kindFound, etag: val[genLen+2 : headerLen]}
+	if !e.found {
+		return e
+	}
+	if val[genLen+1] == encGzip {
+		e.encoding = "gzip"
+	}
+	e.body = []byte(val[headerLen:])
+	return e
+}
+
+func (e entry) result(o Outcome, tier string) Result {
+	r := Result{Found: e.found, Outcome: o, Tier: tier}
+	if e.found {
+		r.Body, r.Encoding, r.ETag = e.body, e.encoding, e.etag
+	}
+	if o != Hit {
+		r.Tier = ""
+	}
+	return r
+}
+
+// Fingerprint identifies a serialized value; it is the ETag of every representation of it.
+func Fingerprint(b []byte) string {
+	var buf [8]byte
+	binary.BigEndian.PutUint64(buf[:], xxhash.Sum64(b))
+	return hex.EncodeToString(buf[:])
 }

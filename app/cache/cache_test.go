@@ -1,9 +1,12 @@
 package cache_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -203,6 +206,8 @@ func TestSlowReaderCannotStoreDataOlderThanAReturnedWrite(t *testing.T) {
 	}{
 		{"generations never serve data older than a returned write",
 			func(r *redis.Client, p string) fetcher { return cache.New(r, options(p)) }, false},
+		{"generations with the near-cache on never serve data older than a returned write",
+			func(r *redis.Client, p string) fetcher { return withNearCache(t, r, p) }, false},
 		{"naive delete-on-write serves the stale value (the race is real)",
 			func(r *redis.Client, p string) fetcher { return naiveCache{r, p} }, true},
 	} {
@@ -231,17 +236,17 @@ func TestSlowReaderCannotStoreDataOlderThanAReturnedWrite(t *testing.T) {
 				t.Fatal(err)
 			}
 			close(stall)
-			if res := <-slowDone; string(res.Body) != "old" {
-				t.Fatalf("the slow reader loaded %q before the write, want old", res.Body)
+			if res := <-slowDone; gunzip(t, res) != "old" {
+				t.Fatalf("the slow reader loaded %q before the write, want old", gunzip(t, res))
 			}
 
 			res, err := c.Fetch(context.Background(), key, src.load)
 			if err != nil {
 				t.Fatal(err)
 			}
-			stale := string(res.Body) == "old"
+			stale := gunzip(t, res) == "old"
 			if stale != tc.wantStale {
-				t.Errorf("read after the write returned got %q (%s); stale=%v, want stale=%v", res.Body, res.Outcome, stale, tc.wantStale)
+				t.Errorf("read after the write returned got %q (%s %s); stale=%v, want stale=%v", gunzip(t, res), res.Outcome, res.Tier, stale, tc.wantStale)
 			}
 		})
 	}
@@ -535,4 +540,129 @@ func TestInvalidationRedisMissedIsDeliveredBeforeTheCacheIsUsedAgain(t *testing.
 	if h := c.Health(context.Background()); h.Pending != 0 {
 		t.Errorf("pending invalidations = %d after recovery, want 0", h.Pending)
 	}
+}
+
+// withNearCache returns a cache with the in-process tier on (and gzip storage), once its
+// invalidation channel is subscribed.
+func withNearCache(t *testing.T, rdb redis.UniversalClient, prefix string) *cache.Cache {
+	t.Helper()
+	o := options(prefix)
+	o.Local, o.LocalTTL, o.LocalMaxBytes, o.Compress = true, time.Minute, 1<<20, true
+	c := cache.New(rdb, o)
+	t.Cleanup(c.Close)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if h := c.Health(context.Background()); h.Local != "live" {
+			return fmt.Errorf("near-cache %s", h.Local)
+		}
+		return nil
+	})
+	return c
+}
+
+func TestNearCacheAnswersRepeatedReadsWithoutRedis(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	counter := countCommands(rdb)
+	c := withNearCache(t, rdb, prefix)
+	src := &source{value: "v"}
+
+	if res := fetch(t, c, src.load); res.Outcome != cache.Miss {
+		t.Fatalf("first read: %s", res.Outcome)
+	}
+	before := counter.total()
+	for range 10 {
+		if res := fetch(t, c, src.load); res.Outcome != cache.Hit || res.Tier != "local" {
+			t.Fatalf("repeated read: %s from %q, want a local HIT", res.Outcome, res.Tier)
+		}
+	}
+	if sent := counter.total() - before; sent != 0 {
+		t.Errorf("%d Redis commands for 10 local hits, want 0", sent)
+	}
+}
+
+// TestNearCacheIsInvalidatedAcrossProcesses: two caches stand for two replicas sharing Redis. The
+// entry lives a minute, so only the published invalidation can explain the reader seeing the write.
+func TestNearCacheIsInvalidatedAcrossProcesses(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	writer, reader := withNearCache(t, rdb, prefix), withNearCache(t, rdb, prefix)
+	src := &source{value: "old"}
+	fetch(t, reader, src.load)
+	if res := fetch(t, reader, src.load); res.Tier != "local" || string(res.Body) == "" {
+		t.Fatalf("setup: the reader's second read came from %q", res.Tier)
+	}
+
+	src.set("new")
+	if err := writer.Invalidate(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	if res := fetch(t, writer, src.load); gunzip(t, res) != "new" {
+		t.Fatalf("the writer itself read %q after its write", gunzip(t, res))
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if got := gunzip(t, fetch(t, reader, src.load)); got != "new" {
+			return fmt.Errorf("the other replica still serves %q", got)
+		}
+		return nil
+	})
+}
+
+func TestNearCacheIsNotUsedWhileItsChannelIsDown(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	c := withNearCache(t, productionClient(t, srv), "t")
+	src := &source{value: "v"}
+	fetch(t, c, src.load)
+	if res := fetch(t, c, src.load); res.Tier != "local" {
+		t.Fatalf("setup: %q", res.Tier)
+	}
+
+	srv.Stop() // invalidations from other replicas can no longer arrive
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if h := c.Health(context.Background()); h.Local != "down" {
+			return fmt.Errorf("near-cache %s", h.Local)
+		}
+		return nil
+	})
+	if res := fetch(t, c, src.load); res.Outcome != cache.Bypass {
+		t.Errorf("with the channel down: %s from %q, want BYPASS (no local answers)", res.Outcome, res.Tier)
+	}
+	srv.Start()
+	testenv.Eventually(t, 15*time.Second, func() error {
+		if h := c.Health(context.Background()); h.Local != "live" {
+			return fmt.Errorf("near-cache %s", h.Local)
+		}
+		return nil
+	})
+}
+
+func TestCompressedValuesKeepOneETagAcrossTiers(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	c := withNearCache(t, rdb, prefix)
+	raw := strings.Repeat(`{"id":1,"title":"compressible"},`, 200)
+	src := &source{value: raw}
+
+	miss, redisHit := fetch(t, c, src.load), fetch(t, cache.New(rdb, options(prefix)), src.load)
+	localHit := fetch(t, c, src.load)
+	for _, r := range []cache.Result{miss, redisHit, localHit} {
+		if r.Encoding != "gzip" || gunzip(t, r) != raw || r.ETag != cache.Fingerprint([]byte(raw)) {
+			t.Errorf("%s from %q: encoding %q, etag %q, body intact %v", r.Outcome, r.Tier, r.Encoding, r.ETag, gunzip(t, r) == raw)
+		}
+		if len(r.Body) >= len(raw)/4 {
+			t.Errorf("%s: stored %d bytes for %d: not compressed", r.Outcome, len(r.Body), len(raw))
+		}
+	}
+}
+
+func gunzip(t *testing.T, r cache.Result) string {
+	t.Helper()
+	if r.Encoding != "gzip" {
+		return string(r.Body)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(r.Body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -45,6 +45,11 @@ type Config struct {
 	CacheBreakerFailures uint32        `envconfig:"CACHE_BREAKER_FAILURES" default:"3" desc:"consecutive Redis failures that make the service skip the cache"`
 	CacheBreakerCooldown time.Duration `envconfig:"CACHE_BREAKER_COOLDOWN" default:"5s" desc:"how long the cache is skipped before Redis is tried again"`
 
+	CacheCompression   string        `envconfig:"CACHE_COMPRESSION" default:"gzip" desc:"how cached bodies are stored and sent to clients that accept it: gzip or none"`
+	CacheLocalEnabled  bool          `envconfig:"CACHE_LOCAL_ENABLED" default:"false" desc:"keep an in-process near-cache in front of Redis, invalidated across replicas through Redis pub/sub"`
+	CacheLocalTTL      time.Duration `envconfig:"CACHE_LOCAL_TTL" default:"2s" desc:"life of a near-cache entry: the longest another replica can serve a value after a write if an invalidation message is lost"`
+	CacheLocalMaxBytes int64         `envconfig:"CACHE_LOCAL_MAX_BYTES" default:"67108864" desc:"memory bound of the near-cache (least recently used entries go first)"`
+
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s" desc:"time in-flight requests get to finish after SIGTERM"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	LogFormat       string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or text"`
@@ -166,6 +171,7 @@ func (c Config) validate() []string {
 	positive("CACHE_TTL", c.CacheTTL)
 	positive("CACHE_NEGATIVE_TTL", c.CacheNegativeTTL)
 	positive("CACHE_BREAKER_COOLDOWN", c.CacheBreakerCooldown)
+	positive("CACHE_LOCAL_TTL", c.CacheLocalTTL)
 	positive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout)
 
 	if c.HTTPAddr == "" {
@@ -204,6 +210,14 @@ func (c Config) validate() []string {
 	}
 	if c.CacheKeyPrefix == "" || strings.ContainsAny(c.CacheKeyPrefix, "{} \t\r\n") {
 		p = append(p, "CACHE_KEY_PREFIX: must be non-empty, without spaces or braces")
+	}
+	switch c.CacheCompression {
+	case "gzip", "none":
+	default:
+		p = append(p, "CACHE_COMPRESSION: must be gzip or none")
+	}
+	if c.CacheLocalMaxBytes < 0 {
+		p = append(p, "CACHE_LOCAL_MAX_BYTES: must be 0 or more")
 	}
 	if c.CacheBreakerFailures < 1 {
 		p = append(p, "CACHE_BREAKER_FAILURES: must be at least 1")

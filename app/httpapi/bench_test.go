@@ -13,42 +13,70 @@ import (
 // over real Postgres and Redis, at the tutorial's 1,000 rows. Compare the sub-benchmarks of one
 // run with each other; absolute numbers depend on the machine.
 func BenchmarkList(b *testing.B) {
-	e := start(b, setup{})
-	if _, err := e.db.Seed(context.Background(), 1000, true); err != nil {
+	redisOnly := start(b, setup{})
+	near := start(b, setup{nearCache: true, databaseURL: redisOnly.databaseURL})
+	if _, err := redisOnly.db.Seed(context.Background(), 1000, true); err != nil {
 		b.Fatal(err)
 	}
-	serve := func(b *testing.B, path, wantCache string) {
+	serve := func(b *testing.B, e *env, path string, header map[string]string, wantStatus int, wantCache string) {
 		b.Helper()
 		rec := httptest.NewRecorder()
-		e.router.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-		if rec.Code != 200 || rec.Header().Get("X-Cache") != wantCache {
-			b.Fatalf("GET %s: %d X-Cache=%q, want 200 %q", path, rec.Code, rec.Header().Get("X-Cache"), wantCache)
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		e.router.ServeHTTP(rec, req)
+		if rec.Code != wantStatus || rec.Header().Get("X-Cache") != wantCache {
+			b.Fatalf("GET %s: %d X-Cache=%q, want %d %q", path, rec.Code, rec.Header().Get("X-Cache"), wantStatus, wantCache)
 		}
 		b.SetBytes(int64(rec.Body.Len()))
 	}
+	gzipClient := map[string]string{"Accept-Encoding": "gzip"}
 
 	b.Run("uncached /sample", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			serve(b, "/sample", "")
+			serve(b, redisOnly, "/sample", nil, 200, "")
 		}
 	})
-	b.Run("cache hit /cache", func(b *testing.B) {
-		serve(b, "/cache", "MISS")
+	b.Run("redis hit, gzip client", func(b *testing.B) {
+		serve(b, redisOnly, "/cache", gzipClient, 200, "MISS")
 		b.ReportAllocs()
 		for b.Loop() {
-			serve(b, "/cache", "HIT")
+			serve(b, redisOnly, "/cache", gzipClient, 200, "HIT")
 		}
 	})
-	b.Run("cache miss /cache", func(b *testing.B) {
+	b.Run("redis hit, identity client", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			serve(b, redisOnly, "/cache", nil, 200, "HIT")
+		}
+	})
+	b.Run("near-cache hit, gzip client", func(b *testing.B) {
+		serve(b, near, "/cache", gzipClient, 200, "MISS") // fills Redis and the near tier
+		b.ReportAllocs()
+		for b.Loop() {
+			serve(b, near, "/cache", gzipClient, 200, "HIT")
+		}
+	})
+	b.Run("revalidation 304", func(b *testing.B) {
+		rec := httptest.NewRecorder()
+		near.router.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/cache", nil))
+		tag := map[string]string{"If-None-Match": rec.Header().Get("ETag")}
+		b.ReportAllocs()
+		for b.Loop() {
+			serve(b, near, "/cache", tag, 304, "HIT")
+		}
+	})
+	b.Run("cache miss", func(b *testing.B) {
 		// Each iteration retires the list, as a write would, then misses: lookup, load, store.
 		list := cache.Key{Space: "list", ID: "all"}
 		b.ReportAllocs()
 		for b.Loop() {
-			if err := e.cache.Invalidate(context.Background(), list); err != nil {
+			if err := redisOnly.cache.Invalidate(context.Background(), list); err != nil {
 				b.Fatal(err)
 			}
-			serve(b, "/cache", "MISS")
+			serve(b, redisOnly, "/cache", gzipClient, 200, "MISS")
 		}
 	})
 }

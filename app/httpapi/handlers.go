@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/samples"
 )
 
@@ -37,14 +39,40 @@ func (h handlers) get(c *gin.Context) error {
 	return respond(c, v, err)
 }
 
+// respond sends a read. The ETag is weak because it names the JSON, whichever encoding carries
+// it; a client holding it gets a 304 and no body. A gzip-stored body goes out as stored to
+// clients that accept gzip, and is decompressed for the others.
 func respond(c *gin.Context, v samples.View, err error) error {
+	h := c.Writer.Header()
 	if v.Cache != "" {
-		c.Header("X-Cache", v.Cache)
+		h.Set("X-Cache", v.Cache)
+	}
+	if v.Tier != "" {
+		h.Set("X-Cache-Tier", v.Tier)
 	}
 	if err != nil {
 		return err
 	}
-	c.Data(http.StatusOK, jsonType, v.JSON)
+	etag := v.ETag
+	if etag == "" {
+		etag = cache.Fingerprint(v.Body)
+	}
+	etag = `W/"` + etag + `"`
+	h.Set("ETag", etag)
+	h.Set("Vary", "Accept-Encoding")
+	if matches(c.GetHeader("If-None-Match"), etag) {
+		c.Status(http.StatusNotModified)
+		return nil
+	}
+	body := v.Body
+	if v.Encoding == "gzip" {
+		if acceptsGzip(c.GetHeader("Accept-Encoding")) {
+			h.Set("Content-Encoding", "gzip")
+		} else if body, err = gunzip(body); err != nil {
+			return fmt.Errorf("decompressing a cached body: %w", err)
+		}
+	}
+	c.Data(http.StatusOK, jsonType, body)
 	return nil
 }
 

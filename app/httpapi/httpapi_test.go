@@ -2,6 +2,8 @@ package httpapi_test
 
 import (
 	"bytes"
+	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,16 +27,18 @@ import (
 
 // env is the real router over a real Postgres database and a real Redis.
 type env struct {
-	url    string
-	router *gin.Engine
-	logs   *syncBuffer
-	db     *samples.PGStore
-	cache  *cache.Cache
+	url         string
+	router      *gin.Engine
+	logs        *syncBuffer
+	db          *samples.PGStore
+	cache       *cache.Cache
+	databaseURL string
 }
 
 type setup struct {
 	databaseURL string // default: a fresh database on the shared test server
 	redisURL    string // default: the shared test Redis
+	nearCache   bool   // turn the in-process tier on
 }
 
 func start(t testing.TB, s setup) *env {
@@ -59,7 +63,17 @@ func start(t testing.TB, s setup) *env {
 		Prefix: prefix, TTL: time.Minute, Jitter: 0.1, NegativeTTL: 30 * time.Second,
 		OpTimeout: 300 * time.Millisecond, LoadTimeout: 5 * time.Second,
 		BreakerFailures: 3, BreakerCooldown: time.Second, Logger: log,
+		Compress: true, Local: s.nearCache, LocalTTL: time.Minute, LocalMaxBytes: 1 << 20,
 	})
+	t.Cleanup(c.Close)
+	if s.nearCache {
+		testenv.Eventually(t, 10*time.Second, func() error {
+			if h := c.Health(context.Background()); h.Local != "live" {
+				return fmt.Errorf("near-cache %s", h.Local)
+			}
+			return nil
+		})
+	}
 	db := samples.NewPGStore(pool, 2*time.Second)
 	router := httpapi.NewRouter(httpapi.Deps{
 		Log: log, Direct: db, Cached: samples.NewCachedStore(db, c),
@@ -68,7 +82,7 @@ func start(t testing.TB, s setup) *env {
 	})
 	srv := httptest.NewServer(router)
 	t.Cleanup(srv.Close)
-	return &env{url: srv.URL, router: router, logs: logs, db: db, cache: c}
+	return &env{url: srv.URL, router: router, logs: logs, db: db, cache: c, databaseURL: s.databaseURL}
 }
 
 type response struct {
@@ -422,3 +436,108 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// raw sends a GET without Go's transparent gzip handling, with the given request headers.
+func (e *env) raw(t *testing.T, path string, header map[string]string) response {
+	t.Helper()
+	req, err := http.NewRequest("GET", e.url+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{status: res.StatusCode, header: res.Header, body: b}
+}
+
+func TestCachedBodiesGoOutGzippedToClientsThatAcceptIt(t *testing.T) {
+	e := start(t, setup{})
+	e.create(t, "zipped")
+	direct := e.raw(t, "/sample", nil)
+	e.raw(t, "/cache", nil) // fill
+
+	for _, tc := range []struct {
+		name, acceptEncoding, wantEncoding string
+	}{
+		{"a gzip client gets the stored gzip bytes", "gzip, deflate, br", "gzip"},
+		{"a client without Accept-Encoding gets plain JSON", "", ""},
+		{"a client refusing gzip gets plain JSON", "gzip;q=0, identity", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.raw(t, "/cache", map[string]string{"Accept-Encoding": tc.acceptEncoding})
+			if got := r.header.Get("Content-Encoding"); got != tc.wantEncoding || r.header.Get("Vary") != "Accept-Encoding" {
+				t.Fatalf("Content-Encoding %q Vary %q, want %q and Accept-Encoding", got, r.header.Get("Vary"), tc.wantEncoding)
+			}
+			body := r.body
+			if tc.wantEncoding == "gzip" {
+				zr, err := gzip.NewReader(bytes.NewReader(body))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if body, err = io.ReadAll(zr); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !bytes.Equal(body, direct.body) {
+				t.Errorf("decoded /cache differs from /sample:\n%s\n%s", body, direct.body)
+			}
+		})
+	}
+}
+
+func TestRevalidatingClientsGet304WithoutABody(t *testing.T) {
+	e := start(t, setup{})
+	s := e.create(t, "tagged")
+	for _, path := range []string{"/sample", "/cache", fmt.Sprintf("/samples/%d", s.ID)} {
+		t.Run(path, func(t *testing.T) {
+			first := e.raw(t, path, map[string]string{"Accept-Encoding": "gzip"})
+			etag := first.header.Get("ETag")
+			if !strings.HasPrefix(etag, `W/"`) {
+				t.Fatalf("ETag %q, want a weak validator", etag)
+			}
+			again := e.raw(t, path, map[string]string{"If-None-Match": etag})
+			if again.status != http.StatusNotModified || len(again.body) != 0 || again.header.Get("ETag") != etag {
+				t.Errorf("revalidation: %d, %d bytes, ETag %q; want 304, no body, same ETag", again.status, len(again.body), again.header.Get("ETag"))
+			}
+			if other := e.raw(t, path, map[string]string{"If-None-Match": `W/"0000000000000000"`}); other.status != 200 {
+				t.Errorf("a stale validator got %d, want 200", other.status)
+			}
+		})
+	}
+	if a, b := e.raw(t, "/sample", nil).header.Get("ETag"), e.raw(t, "/cache", nil).header.Get("ETag"); a != b {
+		t.Errorf("/sample and /cache tag the same data differently: %s %s", a, b)
+	}
+
+	before := e.raw(t, "/cache", nil).header.Get("ETag")
+	e.create(t, "changes the list")
+	if r := e.raw(t, "/cache", map[string]string{"If-None-Match": before}); r.status != 200 || r.header.Get("ETag") == before {
+		t.Errorf("after a write the old ETag still validates: %d %s", r.status, r.header.Get("ETag"))
+	}
+}
+
+func TestTheNearCacheAnswersAndSaysSo(t *testing.T) {
+	e := start(t, setup{nearCache: true})
+	e.create(t, "near")
+	tiers := []string{}
+	for range 3 {
+		r := e.get(t, "/cache")
+		tiers = append(tiers, r.header.Get("X-Cache")+" "+r.header.Get("X-Cache-Tier"))
+	}
+	if diff := cmp.Diff([]string{"MISS ", "HIT local", "HIT local"}, tiers); diff != "" {
+		t.Errorf("X-Cache and X-Cache-Tier (-want +got):\n%s", diff)
+	}
+	e.create(t, "visible at once on this replica")
+	if r := e.get(t, "/cache"); !strings.Contains(string(r.body), "visible at once") {
+		t.Errorf("the writing replica served its near-cached list after the write")
+	}
+}

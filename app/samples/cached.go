@@ -40,15 +40,17 @@ func (s *CachedStore) fetch(ctx context.Context, k cache.Key, read func(context.
 		if errors.Is(err, ErrNotFound) {
 			return nil, cache.ErrNotFound
 		}
-		return v.JSON, err
+		return v.Body, err
 	})
+	v := View{Cache: string(res.Outcome), Tier: res.Tier}
 	if err != nil {
-		return View{Cache: string(res.Outcome)}, err
+		return v, err
 	}
 	if !res.Found {
-		return View{Cache: string(res.Outcome)}, ErrNotFound
+		return v, ErrNotFound
 	}
-	return View{JSON: res.Body, Cache: string(res.Outcome)}, nil
+	v.Body, v.Encoding, v.ETag = res.Body, res.Encoding, res.ETag
+	return v, nil
 }
 
 // Create inserts a sample and retires the list and the new id's (possibly negative) entry.

@@ -133,5 +133,5 @@ func encode(v any) (View, error) {
 	if err != nil {
 		return View{}, fmt.Errorf("encoding samples: %w", err)
 	}
-	return View{JSON: b}, nil
+	return View{Body: b}, nil
 }

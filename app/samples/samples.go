@@ -27,8 +27,11 @@ type Sample struct {
 
 // View is a read served as its JSON encoding, so a cache hit is returned without decoding.
 type View struct {
-	JSON  []byte
-	Cache string // X-Cache outcome: "" when no cache was involved, else HIT, MISS or BYPASS
+	Body     []byte // JSON, encoded as Encoding says
+	Encoding string // "gzip" or "" (identity)
+	ETag     string // fingerprint of the JSON; "" when the store did not compute one
+	Cache    string // X-Cache outcome: "" when no cache was involved, else HIT, MISS or BYPASS
+	Tier     string // on a hit, the tier that answered: local or redis
 }
 
 // Reader serves the read endpoints; both stores implement it.

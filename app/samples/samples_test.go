@@ -77,7 +77,7 @@ func TestNoReadStartedAfterAWriteReturnedSeesOlderData(t *testing.T) {
 					return
 				}
 				var one samples.Sample
-				if err := json.Unmarshal(item.JSON, &one); err != nil {
+				if err := json.Unmarshal(item.Body, &one); err != nil {
 					t.Error(err)
 					return
 				}
@@ -90,8 +90,8 @@ func TestNoReadStartedAfterAWriteReturnedSeesOlderData(t *testing.T) {
 					return
 				}
 				var all []samples.Sample
-				if err := json.Unmarshal(list.JSON, &all); err != nil || len(all) != 1 {
-					t.Errorf("list: %v %s", err, list.JSON)
+				if err := json.Unmarshal(list.Body, &all); err != nil || len(all) != 1 {
+					t.Errorf("list: %v %s", err, list.Body)
 					return
 				}
 				if v := version(all[0].Title); v < floor {
@@ -106,8 +106,8 @@ func TestNoReadStartedAfterAWriteReturnedSeesOlderData(t *testing.T) {
 		t.Errorf("only %d reads overlapped %d writes: the test did not exercise concurrency", reads.Load(), writes)
 	}
 	final, err := db.Get(ctx, s.ID)
-	if err != nil || !strings.Contains(string(final.JSON), fmt.Sprintf(`"v%d"`, writes)) {
-		t.Errorf("final row %s %v", final.JSON, err)
+	if err != nil || !strings.Contains(string(final.Body), fmt.Sprintf(`"v%d"`, writes)) {
+		t.Errorf("final row %s %v", final.Body, err)
 	}
 }
 
@@ -138,7 +138,7 @@ func TestSeedReplacesSamplesAndRetiresCachedViews(t *testing.T) {
 		t.Fatal(err)
 	}
 	var all []samples.Sample
-	if err := json.Unmarshal(list.JSON, &all); err != nil || len(all) != 10 || all[0].Title != "Sample 1" {
+	if err := json.Unmarshal(list.Body, &all); err != nil || len(all) != 10 || all[0].Title != "Sample 1" {
 		t.Errorf("list after seeding: %d samples, %v", len(all), err)
 	}
 	if _, err := cached.Get(ctx, old.ID); !errors.Is(err, samples.ErrNotFound) {
@@ -149,8 +149,8 @@ func TestSeedReplacesSamplesAndRetiresCachedViews(t *testing.T) {
 func TestAnEmptyTableListsAsAnEmptyArray(t *testing.T) {
 	db, _ := stores(t)
 	v, err := db.List(context.Background())
-	if err != nil || string(v.JSON) != "[]" {
-		t.Errorf("List = %s, %v; want []", v.JSON, err)
+	if err != nil || string(v.Body) != "[]" {
+		t.Errorf("List = %s, %v; want []", v.Body, err)
 	}
 }
 
