@@ -1,0 +1,64 @@
+{{/*
+Names, labels and connection facts. The parent chart calls redis.fullname, redis.selectorLabels,
+redis.port, redis.authEnabled, redis.secretName and redis.secretPasswordKey with this chart's own
+context (.Subcharts.redis), so Redis' names are defined here once.
+*/}}
+
+{{- define "redis.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "redis.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "redis.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "redis.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "redis.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "redis.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: cache
+{{- end }}
+
+{{- define "redis.port" -}}
+{{- .Values.service.port }}
+{{- end }}
+
+{{- define "redis.authEnabled" -}}
+{{- if .Values.auth.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "redis.secretName" -}}
+{{- default (include "redis.fullname" .) .Values.auth.existingSecret }}
+{{- end }}
+
+{{- define "redis.secretPasswordKey" -}}
+{{- if .Values.auth.existingSecret }}{{ .Values.auth.existingSecretPasswordKey }}{{ else }}password{{ end }}
+{{- end }}
+
+{{/*
+The password for the chart's own Secret: the value if given, else the one already in the cluster (so an
+upgrade keeps it), else a new random one. `helm template` cannot look up, so it always generates.
+*/}}
+{{- define "redis.password" -}}
+{{- if .Values.auth.password }}
+{{- .Values.auth.password }}
+{{- else }}
+{{- $current := dig "data" "password" "" (lookup "v1" "Secret" .Release.Namespace (include "redis.fullname" .)) }}
+{{- if $current }}{{ b64dec $current }}{{ else }}{{ randAlphaNum 32 }}{{ end }}
+{{- end }}
+{{- end }}

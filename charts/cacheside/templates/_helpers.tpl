@@ -1,0 +1,272 @@
+{{/* Names and labels, as `helm create` gives them. */}}
+
+{{- define "cacheside.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cacheside.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "cacheside.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cacheside.labels" -}}
+helm.sh/chart: {{ include "cacheside.chart" . }}
+{{ include "cacheside.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "cacheside.imageTag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "cacheside.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cacheside.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The serving pods; the migration Job's and test's pods carry other components so the Service never picks them. */}}
+{{- define "cacheside.serverSelectorLabels" -}}
+{{ include "cacheside.selectorLabels" . }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{- define "cacheside.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "cacheside.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "cacheside.imageTag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "cacheside.image" -}}
+{{- printf "%s:%s" .Values.image.repository (include "cacheside.imageTag" .) }}
+{{- end }}
+
+{{- define "cacheside.terminationGracePeriodSeconds" -}}
+{{- add (include "cacheside.preStopSleepSeconds" . | int) .Values.shutdown.timeoutSeconds 5 }}
+{{- end }}
+
+{{/* The preStop sleep action is on by default from Kubernetes 1.30 (beta); older API servers drop or reject it. */}}
+{{- define "cacheside.preStopSleepSeconds" -}}
+{{- if semverCompare ">=1.30-0" .Capabilities.KubeVersion.Version }}{{ .Values.shutdown.preStopSleepSeconds | int }}{{ else }}0{{ end }}
+{{- end }}
+
+{{/*
+Plain settings of the service: the ConfigMap's data, and the migration Job's inline env (a pre-upgrade hook
+runs before the new ConfigMap is applied). Helm reads YAML numbers as float64, so whole numbers are printed
+as integers (1048576, not 1.048576e+06).
+*/}}
+{{- define "cacheside.configData" -}}
+SHUTDOWN_TIMEOUT: {{ printf "%ds" (.Values.shutdown.timeoutSeconds | int) | quote }}
+REDIS_MODE: {{ ternary "standalone" .Values.externalRedis.mode .Values.redis.enabled | quote }}
+OTEL_SERVICE_NAME: {{ .Values.otel.serviceName | default (include "cacheside.name" .) | quote }}
+{{- if .Values.otel.enabled }}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ .Values.otel.endpoint | quote }}
+OTEL_EXPORTER_OTLP_PROTOCOL: {{ .Values.otel.protocol | quote }}
+OTEL_TRACES_SAMPLER: {{ .Values.otel.sampler | quote }}
+OTEL_TRACES_SAMPLER_ARG: {{ .Values.otel.samplerArg | quote }}
+{{- else }}
+OTEL_SDK_DISABLED: "true"
+{{- end }}
+{{- range $name, $value := .Values.config }}
+{{- if and (kindIs "float64" $value) (eq $value (floor $value)) }}
+{{ $name }}: {{ $value | int64 | toString | quote }}
+{{- else }}
+{{ $name }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Credentials given inline (externalDatabase.url / externalRedis.url): the data of the chart's Secret. Empty
+when every credential comes from the subcharts' or the user's Secrets.
+*/}}
+{{- define "cacheside.secretData" -}}
+{{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.url }}
+DATABASE_URL: {{ .Values.externalDatabase.url | b64enc | quote }}
+{{- end }}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.url }}
+REDIS_URL: {{ .Values.externalRedis.url | b64enc | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+The container's env, shared by the Deployment and the migration Job. Passwords never pass through the
+chart: a URL comes whole from a Secret (secretKeyRef), or is composed by the kubelet from a password in a
+Secret through $(VAR) expansion, so the password var must come first.
+*/}}
+{{- define "cacheside.env" -}}
+{{- if .Values.otel.enabled }}
+# Downward API, only for the $(…) expansion in OTEL_RESOURCE_ATTRIBUTES below.
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: K8S_NAMESPACE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: K8S_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: OTEL_RESOURCE_ATTRIBUTES
+  {{- $attrs := list "k8s.pod.name=$(K8S_POD_NAME)" "k8s.namespace.name=$(K8S_NAMESPACE_NAME)" "k8s.node.name=$(K8S_NODE_NAME)" }}
+  {{- range $k, $v := .Values.otel.resourceAttributes }}
+  {{- $attrs = append $attrs (printf "%s=%s" $k $v) }}
+  {{- end }}
+  value: {{ join "," $attrs | quote }}
+{{- end }}
+# The Go runtime follows the container's limits.
+- name: GOMAXPROCS
+  valueFrom:
+    resourceFieldRef:
+      resource: limits.cpu
+      divisor: "1"
+- name: GOMEMLIMIT
+  valueFrom:
+    resourceFieldRef:
+      resource: limits.memory
+      divisor: "1"
+{{- include "cacheside.databaseEnv" . }}
+{{- include "cacheside.redisEnv" . }}
+{{- end }}
+
+{{- define "cacheside.secretRef" -}}
+valueFrom:
+  secretKeyRef:
+    name: {{ .name }}
+    key: {{ .key }}
+{{- end }}
+
+{{- define "cacheside.databaseEnv" -}}
+{{- if .Values.postgresql.enabled }}
+{{- $pg := .Subcharts.postgresql }}
+- name: DATABASE_PASSWORD
+  {{- include "cacheside.secretRef" (dict "name" (include "postgresql.secretName" $pg) "key" (include "postgresql.secretPasswordKey" $pg)) | nindent 2 }}
+- name: DATABASE_URL
+  value: {{ printf "postgres://%s:$(DATABASE_PASSWORD)@%s:%s/%s?sslmode=disable" (include "postgresql.username" $pg | urlquery) (include "postgresql.fullname" $pg) (include "postgresql.port" $pg) (include "postgresql.database" $pg | urlquery) | quote }}
+{{- else }}
+{{- with .Values.externalDatabase }}
+{{- if .url }}
+- name: DATABASE_URL
+  {{- include "cacheside.secretRef" (dict "name" (include "cacheside.fullname" $) "key" "DATABASE_URL") | nindent 2 }}
+{{- else if .existingSecretUrlKey }}
+- name: DATABASE_URL
+  {{- include "cacheside.secretRef" (dict "name" .existingSecret "key" .existingSecretUrlKey) | nindent 2 }}
+{{- else }}
+- name: DATABASE_PASSWORD
+  {{- include "cacheside.secretRef" (dict "name" .existingSecret "key" .existingSecretPasswordKey) | nindent 2 }}
+- name: DATABASE_URL
+  value: {{ printf "postgres://%s:$(DATABASE_PASSWORD)@%s:%d/%s?sslmode=%s" (urlquery .user) .host (.port | int) (urlquery .database) .sslmode | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "cacheside.redisEnv" -}}
+{{- if .Values.redis.enabled }}
+{{- $redis := .Subcharts.redis }}
+{{- $auth := "" }}
+{{- if include "redis.authEnabled" $redis }}
+{{- $auth = ":$(REDIS_PASSWORD)@" }}
+- name: REDIS_PASSWORD
+  {{- include "cacheside.secretRef" (dict "name" (include "redis.secretName" $redis) "key" (include "redis.secretPasswordKey" $redis)) | nindent 2 }}
+{{- end }}
+- name: REDIS_URL
+  value: {{ printf "redis://%s%s:%s/0" $auth (include "redis.fullname" $redis) (include "redis.port" $redis) | quote }}
+{{- else }}
+{{- with .Values.externalRedis }}
+{{- if .url }}
+- name: REDIS_URL
+  {{- include "cacheside.secretRef" (dict "name" (include "cacheside.fullname" $) "key" "REDIS_URL") | nindent 2 }}
+{{- else if .existingSecretUrlKey }}
+- name: REDIS_URL
+  {{- include "cacheside.secretRef" (dict "name" .existingSecret "key" .existingSecretUrlKey) | nindent 2 }}
+{{- else }}
+{{- $userinfo := "" }}
+{{- if .existingSecretPasswordKey }}
+{{- $userinfo = printf "%s:$(REDIS_PASSWORD)@" (urlquery .username) }}
+- name: REDIS_PASSWORD
+  {{- include "cacheside.secretRef" (dict "name" .existingSecret "key" .existingSecretPasswordKey) | nindent 2 }}
+{{- else if .username }}
+{{- $userinfo = printf "%s@" (urlquery .username) }}
+{{- end }}
+- name: REDIS_URL
+  value: {{ printf "%s://%s%s:%d/%d%s" (ternary "rediss" "redis" .tls) $userinfo .host (.port | int) (.database | int) (ternary (printf "?%s" .query) "" (ne .query "")) | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Stop with a message that says what to set, rather than render an app that cannot start. */}}
+{{- define "cacheside.validate" -}}
+{{- $r := .Values.externalRedis }}
+{{- if .Values.redis.enabled }}
+{{- if or $r.url $r.host $r.existingSecret }}
+{{- fail "externalRedis is only used with redis.enabled=false: set redis.enabled=false, or remove externalRedis.url/host/existingSecret" }}
+{{- end }}
+{{- else }}
+{{- $sources := 0 }}
+{{- if $r.url }}{{ $sources = add1 $sources }}{{ end }}
+{{- if $r.existingSecretUrlKey }}{{ $sources = add1 $sources }}{{ end }}
+{{- if $r.host }}{{ $sources = add1 $sources }}{{ end }}
+{{- if eq $sources 0 }}
+{{- fail "redis.enabled=false needs an external Redis: set externalRedis.url, externalRedis.existingSecret with externalRedis.existingSecretUrlKey, or externalRedis.host (see the chart README, External services)" }}
+{{- end }}
+{{- if gt $sources 1 }}
+{{- fail "externalRedis: set only one of url, existingSecretUrlKey or host" }}
+{{- end }}
+{{- if and (or $r.existingSecretUrlKey $r.existingSecretPasswordKey) (not $r.existingSecret) }}
+{{- fail "externalRedis.existingSecretUrlKey/existingSecretPasswordKey need externalRedis.existingSecret (the Secret's name)" }}
+{{- end }}
+{{- end }}
+{{- $d := .Values.externalDatabase }}
+{{- if .Values.postgresql.enabled }}
+{{- if or $d.url $d.host $d.existingSecret }}
+{{- fail "externalDatabase is only used with postgresql.enabled=false: set postgresql.enabled=false, or remove externalDatabase.url/host/existingSecret" }}
+{{- end }}
+{{- else }}
+{{- $sources := 0 }}
+{{- if $d.url }}{{ $sources = add1 $sources }}{{ end }}
+{{- if $d.existingSecretUrlKey }}{{ $sources = add1 $sources }}{{ end }}
+{{- if $d.host }}{{ $sources = add1 $sources }}{{ end }}
+{{- if eq $sources 0 }}
+{{- fail "postgresql.enabled=false needs an external Postgres: set externalDatabase.url, externalDatabase.existingSecret with externalDatabase.existingSecretUrlKey, or externalDatabase.host with externalDatabase.existingSecret and externalDatabase.existingSecretPasswordKey (see the chart README, External services)" }}
+{{- end }}
+{{- if gt $sources 1 }}
+{{- fail "externalDatabase: set only one of url, existingSecretUrlKey or host" }}
+{{- end }}
+{{- if and (or $d.existingSecretUrlKey $d.existingSecretPasswordKey) (not $d.existingSecret) }}
+{{- fail "externalDatabase.existingSecretUrlKey/existingSecretPasswordKey need externalDatabase.existingSecret (the Secret's name)" }}
+{{- end }}
+{{- if and $d.host (not $d.existingSecretPasswordKey) }}
+{{- fail "externalDatabase.host needs the password: set externalDatabase.existingSecret and externalDatabase.existingSecretPasswordKey" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.otel.enabled (not .Values.otel.endpoint) }}
+{{- fail "otel.enabled=true needs otel.endpoint, e.g. http://jaeger-collector.observability.svc:4317" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- end }}
+
+{{/* The OTLP endpoint's port, for the NetworkPolicy: explicit, else the protocol's default. */}}
+{{- define "cacheside.otlpPort" -}}
+{{- $host := (urlParse .Values.otel.endpoint).host }}
+{{- if contains ":" $host }}{{ last (splitList ":" $host) }}{{ else if eq .Values.otel.protocol "grpc" }}4317{{ else }}4318{{ end }}
+{{- end }}
