@@ -15,7 +15,7 @@ STATICCHECK_VERSION := v0.8.2
 # Extra arguments for the scripts, e.g. make test ARGS='-run TestCache -v'
 ARGS ?=
 
-.PHONY: help run test lint build tidy clean loadtest bench
+.PHONY: help run test chart-test lint build tidy clean loadtest bench
 
 help: ## Show this help
 	@echo 'Usage: make <target> [ARGS=...]'
@@ -25,8 +25,12 @@ help: ## Show this help
 run: ## Run everything locally: dev Postgres + Redis, migrate, seed, serve
 	bash hack/run.sh
 
-test: ## Go tests (-race) against throwaway Postgres + Redis
+test: ## Every test: Go (-race) against throwaway Postgres, Redis and Jaeger, then chart and image checks
 	bash hack/test.sh $(ARGS)
+	bash hack/chart-test.sh
+
+chart-test: ## Helm chart and Dockerfile checks, no cluster or Docker needed (ARGS go to go test)
+	bash hack/chart-test.sh $(ARGS)
 
 lint: ## gofmt check, go vet, staticcheck
 	@echo '==> gofmt -l'
@@ -41,7 +45,12 @@ lint: ## gofmt check, go vet, staticcheck
 	echo '==> go vet ./...'; \
 	$(GO) vet ./...; \
 	echo '==> staticcheck@$(STATICCHECK_VERSION) ./...'; \
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...; \
+	echo '==> staticcheck charts/tests hack/tools'; \
+	(cd charts/tests && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...); \
+	(cd hack/tools && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./k8sjsonschema)
+	@echo '==> shellcheck hack/*.sh hack/lib/*.sh'
+	@shellcheck -x hack/*.sh hack/lib/*.sh
 
 build: ## Build the service binary into .run/bin/cacheside
 	$(GO) build -o $(BIN) ./app

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# hack/helm.sh ARGS...: run the Helm pinned in hack/tools/go.mod (built into .run/bin on first use, and
+# rebuilt when the pin changes), e.g.
+#   hack/helm.sh template demo charts/cacheside -f charts/cacheside/ci/ha-values.yaml
+#   hack/helm.sh upgrade --install demo charts/cacheside -n demo --create-namespace
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Each nested module builds on its own go.mod, even if a go.work appears.
+export GOWORK=off
+(cd "$root/hack/tools" && go build -o "$root/.run/bin/" helm.sh/helm/v4/cmd/helm)
+exec "$root/.run/bin/helm" "$@"
