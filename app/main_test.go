@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -345,4 +346,68 @@ func TestAWriteOnOneReplicaReachesTheOthersNearCache(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestMetricsAndLogsCarryWhatOperatorsNeed: request, cache and pool metrics at /metrics, and
+// request log lines carrying the caller's trace id (continued even with tracing off).
+func TestMetricsAndLogsCarryWhatOperatorsNeed(t *testing.T) {
+	p := serve(t, baseEnv(t)...)
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	for range 2 {
+		req, _ := http.NewRequest("GET", "http://"+p.addr+"/cache", nil)
+		req.Header.Set("traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+	}
+	res, err := http.Get("http://" + p.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	for _, series := range []string{
+		`cacheside_cache_lookups_total{cache_keyspace="list",cache_outcome="hit",cache_tier="redis"`,
+		`cacheside_cache_lookups_total{cache_keyspace="list",cache_outcome="miss",cache_tier="redis"`,
+		`cacheside_cache_breaker_state`,
+		`http_server_request_duration_seconds_count{`,
+		`http_route="/cache"`,
+		`pgxpool_acquired_connections`, // Postgres pool
+		`db_client_connections_usage{`, // Redis pool
+		`go_goroutines`,
+	} {
+		if !strings.Contains(string(body), series) {
+			t.Errorf("/metrics lacks %s", series)
+		}
+	}
+	if strings.Contains(string(body), `http_route="/metrics"`) {
+		t.Errorf("scrapes are measured as requests")
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if !hasLine(p.out.String(), `"route":"/cache"`) || !hasLine(p.out.String(), `"trace_id":"`+traceID+`"`) {
+			return fmt.Errorf("no /cache log line with trace_id %s yet", traceID)
+		}
+		return nil
+	})
+}
+
+// TestSlowClientsAreCutOff: a client that never finishes its headers is disconnected after
+// HTTP_READ_HEADER_TIMEOUT instead of holding a connection forever (slowloris).
+func TestSlowClientsAreCutOff(t *testing.T) {
+	p := serve(t, append(baseEnv(t), "HTTP_READ_HEADER_TIMEOUT=500ms")...)
+	conn, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET /sample HTTP/1.1\r\nHost: x\r\n")); err != nil { // and nothing more
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second)) // a hang guard, far above the timeout
+	_, err = io.ReadAll(conn)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("the server kept a half-sent request open for 10s")
+	}
 }
