@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# hack/loadtest.sh [loadtest flags...]: the tutorial's experiment, reproduced (make loadtest).
+# hack/loadtest.sh [loadtest flags...]: the benchmark report (make loadtest).
 #
 # Starts throwaway PostgreSQL and Redis under .run/loadtest (or uses DATABASE_URL / REDIS_URL),
-# builds and starts cacheside on a free port, and runs the Go load generator (app/loadtest),
-# which reseeds the table for each size and prints the table of results. Everything it started
-# is stopped on exit. Flags are passed to the load generator, e.g. -rows 10,1000 -c 1,32 -d 5s.
+# builds cacheside and the load generator (app/loadtest), migrates, and runs the load generator,
+# which starts one cacheside per cache tier and the ceiling itself, reseeds the table for each
+# size, prints the table and writes app/loadtest/report/report.{md,png}. Everything started is
+# stopped on exit, Ctrl-C included. Flags are passed to the load generator, e.g.
+#   bash hack/loadtest.sh -rows 10,1000 -c 1,32 -d 2s
+# (`.run/bin/loadtest -help` lists them).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,16 +19,17 @@ run_dir=$root/.run/loadtest
 bin_dir=$root/.run/bin
 started_pg=0
 started_redis=0
-service_pid=
+loadtest_pid=
 
 # shellcheck disable=SC2317 # only reached through the trap
 cleanup() {
 	local rc=$?
 	trap '' INT TERM
 	trap - EXIT
-	if [[ -n $service_pid ]]; then
-		kill -TERM "$service_pid" 2>/dev/null || true
-		wait "$service_pid" 2>/dev/null || true
+	if [[ -n $loadtest_pid ]]; then
+		# It stops the services and the ceiling it started before it exits.
+		kill -TERM "$loadtest_pid" 2>/dev/null || true
+		wait "$loadtest_pid" 2>/dev/null || true
 	fi
 	if ((started_redis)); then local::redis_stop "$run_dir/redis" || rc=1; fi
 	if ((started_pg)); then local::pg_destroy "$run_dir/pg" || rc=1; fi
@@ -58,13 +62,17 @@ if [[ -z ${REDIS_URL:-} ]]; then
 	REDIS_URL=$(local::redis_url "$redis_port")
 fi
 export DATABASE_URL REDIS_URL
-# Request logging would measure the terminal, not the service.
-export LOG_LEVEL=warn
+LOG_LEVEL=warn "$bin_dir/cacheside" migrate
 
-"$bin_dir/cacheside" migrate
-http_port=$(local::free_port)
-HTTP_ADDR=127.0.0.1:$http_port "$bin_dir/cacheside" serve &
-service_pid=$!
-local::wait_tcp "$http_port"
+# The report records how to reproduce it: this script's command line, not the binary's.
+command="bash hack/loadtest.sh"
+if (($#)); then command+=$(printf ' %q' "$@"); fi
 
-"$bin_dir/loadtest" -url "http://127.0.0.1:$http_port" -seed "$bin_dir/cacheside" "$@"
+# In the background so that a TERM sent to this script reaches the load generator through
+# cleanup (bash runs traps only between foreground commands); Ctrl-C reaches it directly.
+"$bin_dir/loadtest" -bin "$bin_dir/cacheside" -command "$command" "$@" &
+loadtest_pid=$!
+rc=0
+wait "$loadtest_pid" || rc=$?
+loadtest_pid=
+exit "$rc"

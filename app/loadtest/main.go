@@ -1,9 +1,12 @@
-// Command loadtest reproduces the tutorial's experiment on a running cacheside: it drives
-// GET /sample (Postgres every time) and GET /cache (cache-aside) at several table sizes and
-// concurrency levels and prints requests/s, latency percentiles, errors and the speed-up.
+// Command loadtest is the benchmark behind make loadtest. It starts one cacheside per cache tier
+// and a ceiling (the service's own router serving fixed bytes, in a process of its own), reseeds
+// the table to each size, and drives GET /sample, GET /cache on every tier and the ceiling at
+// several numbers of connections. It prints the table and writes it as report.md and report.png.
 // Numbers are printed, never asserted. Load generation is vegeta's, used as a library.
 //
-//	go run ./app/loadtest -url http://127.0.0.1:8080 -seed .run/bin/cacheside -rows 10,1000
+//	DATABASE_URL=… REDIS_URL=… go run ./app/loadtest -bin .run/bin/cacheside -d 5s
+//
+// hack/loadtest.sh provides Postgres, Redis, the migrated schema and the binaries.
 package main
 
 import (
@@ -12,58 +15,117 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
-	"text/tabwriter"
+	"syscall"
 	"time"
 
-	vegeta "github.com/tsenart/vegeta/v12/lib"
+	"github.com/cacheside/cacheside/app/loadtest/internal/results"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case err == nil:
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(2)
+	default:
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
 }
 
-type options struct {
-	base        string
-	seed        string
-	rows        []int
-	connections []int
-	duration    time.Duration
-	timeout     time.Duration
+// tier is a cache configuration one cacheside instance is started with.
+type tier struct {
+	name  string
+	local bool // CACHE_LOCAL_ENABLED
 }
 
-func parse(args []string) (options, error) {
+var knownTiers = map[string]tier{
+	"redis":       {name: "redis", local: false},
+	"redis+local": {name: "redis+local", local: true},
+}
+
+type options struct {
+	bin            string
+	rows           []int
+	conns          []int
+	tiers          []tier
+	duration       time.Duration
+	repeat         int
+	warmup         time.Duration
+	timeout        time.Duration
+	acceptEncoding string
+	out            string
+	command        string
+	ceilingSpec    string // set only in the ceiling's own process
+}
+
+// ceilingFlag re-executes this binary as the ceiling server. It is left out of -help: users
+// never run it.
+const ceilingFlag = "internal-serve-ceiling"
+
+func parse(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
-	base := fs.String("url", "http://127.0.0.1:8080", "base URL of a running cacheside")
-	seed := fs.String("seed", "", "cacheside binary used to reseed (`cacheside seed -replace -n ROWS`) before each table size; its environment is inherited. Empty: measure the data as it is")
-	rows := fs.String("rows", "10,1000", "comma-separated table sizes (needs -seed)")
-	conns := fs.String("c", "1,32", "comma-separated numbers of concurrent keep-alive connections")
+	fs.SetOutput(stderr)
+	bin := fs.String("bin", ".run/bin/cacheside", "cacheside binary, started once per cache tier and used to reseed; DATABASE_URL and REDIS_URL come from the environment")
+	rows := fs.String("rows", "10,1000,10000", "comma-separated table sizes; the table is reseeded to each")
+	conns := fs.String("c", "1,8,32", "comma-separated numbers of concurrent keep-alive connections")
+	tiers := fs.String("tiers", "redis,redis+local", "comma-separated cache tiers to measure /cache on: redis (CACHE_LOCAL_ENABLED=false), redis+local (true)")
 	duration := fs.Duration("d", 5*time.Second, "length of each measurement")
+	repeat := fs.Int("repeat", 1, "rounds per cell, the targets' order rotating; each target's row is its round with the median req/s (for noisy machines)")
+	warmup := fs.Duration("warmup", time.Second, "load sent to each target before each measurement and not counted")
 	timeout := fs.Duration("timeout", 10*time.Second, "per-request timeout")
+	enc := fs.String("accept-encoding", "gzip", `Accept-Encoding header sent with every request ("" sends none, so the service answers identity)`)
+	out := fs.String("out", "app/loadtest/report", "directory for report.md and report.png")
+	command := fs.String("command", "", "command line recorded in report.md (default: this program's)")
+	spec := fs.String(ceilingFlag, "", "")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: loadtest [flags]")
+		fs.VisitAll(func(f *flag.Flag) {
+			if f.Name == ceilingFlag {
+				return
+			}
+			fmt.Fprintf(stderr, "  -%s (default %q)\n    \t%s\n", f.Name, f.DefValue, f.Usage)
+		})
+	}
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
-	o := options{base: strings.TrimRight(*base, "/"), seed: *seed, duration: *duration, timeout: *timeout}
+	if fs.NArg() > 0 {
+		return options{}, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	o := options{
+		bin: *bin, duration: *duration, repeat: *repeat, warmup: *warmup, timeout: *timeout,
+		acceptEncoding: *enc, out: *out, command: *command, ceilingSpec: *spec,
+	}
+	if o.ceilingSpec != "" {
+		return o, nil
+	}
 	var err error
-	if o.connections, err = ints(*conns); err != nil {
+	if o.rows, err = ints(*rows); err != nil {
+		return o, fmt.Errorf("-rows: %w", err)
+	}
+	if o.conns, err = ints(*conns); err != nil {
 		return o, fmt.Errorf("-c: %w", err)
 	}
-	if o.seed != "" {
-		if o.rows, err = ints(*rows); err != nil {
-			return o, fmt.Errorf("-rows: %w", err)
+	for name := range strings.SplitSeq(*tiers, ",") {
+		t, ok := knownTiers[strings.TrimSpace(name)]
+		if !ok {
+			return o, fmt.Errorf("-tiers: unknown tier %q (known: redis, redis+local)", name)
 		}
-	} else {
-		o.rows = []int{-1}
+		o.tiers = append(o.tiers, t)
+	}
+	if o.duration <= 0 || o.warmup < 0 || o.timeout <= 0 || o.repeat < 1 {
+		return o, errors.New("-d, -timeout and -repeat must be positive, -warmup not negative")
+	}
+	if o.command == "" {
+		o.command = shellJoin(append([]string{os.Args[0]}, args...))
 	}
 	return o, nil
 }
@@ -80,143 +142,123 @@ func ints(s string) ([]int, error) {
 	return out, nil
 }
 
-// row is one measurement.
-type row struct {
-	rows, conns int
-	path        string
-	m           vegeta.Metrics
-	hits        float64 // share of X-Cache: HIT answers
-	bytes       float64
-}
-
-func run(ctx context.Context, args []string, out io.Writer) error {
-	o, err := parse(args)
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parse(args, stderr)
 	if err != nil {
 		return err
 	}
-	if err := ping(o.base); err != nil {
-		return fmt.Errorf("no cacheside at %s (start one with `make run`): %w", o.base, err)
+	if o.ceilingSpec != "" {
+		return serveCeiling(ctx, o.ceilingSpec, stderr)
 	}
-	var rowsOut []row
-	for _, n := range o.rows {
-		if n >= 0 {
-			if err := reseed(ctx, o.seed, n); err != nil {
-				return err
-			}
-		}
-		for _, c := range o.connections {
-			for _, path := range []string{"/sample", "/cache"} {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				fmt.Fprintf(os.Stderr, "measuring GET %s, %s rows, %d connections, %s…\n", path, label(n), c, o.duration)
-				rowsOut = append(rowsOut, measure(o, n, c, path))
-			}
-		}
-	}
-	return print(out, rowsOut)
-}
+	began := time.Now()
+	facts := machineFacts(o, began)
 
-func ping(base string) error {
-	res, err := http.Get(base + "/readyz")
+	b, err := newBench(ctx, o, stderr)
 	if err != nil {
 		return err
 	}
-	defer res.Body.Close()
-	if res.StatusCode != 200 {
-		return fmt.Errorf("/readyz answered %d", res.StatusCode)
-	}
-	return nil
-}
+	defer b.close()
 
-func reseed(ctx context.Context, bin string, n int) error {
-	cmd := exec.CommandContext(ctx, bin, "seed", "-replace", "-n", strconv.Itoa(n))
-	cmd.Env = append(os.Environ(), "LOG_LEVEL=warn")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("reseeding %d rows: %w\n%s", n, err, out)
-	}
-	return nil
-}
+	cells := len(o.rows) * len(o.conns) * (2 + len(b.services)) * o.repeat
+	fmt.Fprintf(stderr, "measuring %d targets × %d table sizes × %d connection counts × %d rounds: %d measurements of %s after %s of warm-up, about %s\n",
+		2+len(b.services), len(o.rows), len(o.conns), o.repeat, cells, o.duration, o.warmup,
+		(time.Duration(cells) * (o.duration + o.warmup)).Round(time.Second))
 
-func measure(o options, n, conns int, path string) row {
-	// Fill the cache first: the steady state of a cache tier is what the tutorial compares.
-	var body int64
-	if res, err := http.Get(o.base + path); err == nil {
-		body, _ = io.Copy(io.Discard, res.Body)
-		res.Body.Close()
-	}
-	attacker := vegeta.NewAttacker(
-		vegeta.Workers(uint64(conns)), vegeta.MaxWorkers(uint64(conns)),
-		vegeta.Connections(conns), vegeta.MaxConnections(conns),
-		vegeta.KeepAlive(true), vegeta.Timeout(o.timeout), vegeta.MaxBody(0),
-	)
-	target := vegeta.NewStaticTargeter(vegeta.Target{Method: "GET", URL: o.base + path})
-	var m vegeta.Metrics
-	var hits, total float64
-	// Rate 0 with a fixed worker pool: each connection sends its next request as soon as the
-	// previous one is answered (a closed loop, like the tutorial's loadtest -k).
-	for res := range attacker.Attack(target, vegeta.Rate{Freq: 0}, o.duration, path) {
-		m.Add(res)
-		total++
-		if res.Headers.Get("X-Cache") == "HIT" {
-			hits++
+	measured, err := b.runAll(ctx)
+	if err != nil {
+		// Show what was measured before the interruption, but keep the last complete report.
+		if len(measured) > 0 {
+			fmt.Fprintln(stdout, "partial results (not written to the report):")
+			_ = results.WriteTable(stdout, measured)
 		}
-	}
-	m.Close()
-	r := row{rows: n, conns: conns, path: path, m: m, bytes: float64(body)}
-	if total > 0 {
-		r.hits = hits / total
-	}
-	return r
-}
-
-func label(n int) string {
-	if n < 0 {
-		return "as-is"
-	}
-	return strconv.Itoa(n)
-}
-
-func print(w io.Writer, rows []row) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "rows\tconns\tendpoint\treq/s\tp50\tp90\tp99\terrors\tbody\tcache hits\tvs /sample\t")
-	var baseline float64
-	for _, r := range rows {
-		if r.path == "/sample" {
-			baseline = r.m.Throughput
-		}
-		ratio := "—"
-		if r.path != "/sample" && baseline > 0 {
-			ratio = fmt.Sprintf("%.1f×", r.m.Throughput/baseline)
-		}
-		hits := "—"
-		if r.path != "/sample" {
-			hits = fmt.Sprintf("%.0f%%", 100*r.hits)
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n",
-			label(r.rows), r.conns, r.path, r.m.Throughput,
-			ms(r.m.Latencies.P50), ms(r.m.Latencies.P90), ms(r.m.Latencies.P99),
-			r.m.Requests-uint64(float64(r.m.Requests)*r.m.Success+0.5), size(r.bytes), hits, ratio)
-	}
-	if err := tw.Flush(); err != nil {
 		return err
 	}
-	for _, r := range rows {
-		for _, e := range r.m.Errors {
-			fmt.Fprintf(w, "error on %s (%s rows, %d conns): %s\n", r.path, label(r.rows), r.conns, e)
-		}
+	if err := results.WriteTable(stdout, measured); err != nil {
+		return err
 	}
-	if len(rows) == 0 {
-		return errors.New("nothing measured")
+	facts = append(facts,
+		results.Fact{Name: "Load average after the run", Value: loadAverage() + " (the run's own load included)"},
+		results.Fact{Name: "Duration of the run", Value: time.Since(began).Round(time.Second).String()})
+	if err := writeReport(o, began, facts, b.notes, measured); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "wrote %s and %s\n", filepath.Join(o.out, "report.md"), filepath.Join(o.out, "report.png"))
+	return nil
+}
+
+func writeReport(o options, began time.Time, facts []results.Fact, notes []string, measured []results.Measurement) error {
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return fmt.Errorf("creating the report directory: %w", err)
+	}
+	png, err := os.Create(filepath.Join(o.out, "report.png"))
+	if err != nil {
+		return fmt.Errorf("creating the chart: %w", err)
+	}
+	err = results.WritePNG(png, "cacheside: successful requests/s by target (higher is better)", chartSubtitle(o, began), measured)
+	if cerr := png.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("writing the chart: %w", cerr)
+	}
+	if err != nil {
+		return err
+	}
+
+	var md strings.Builder
+	report := results.Report{
+		Title: "cacheside load test",
+		Facts: facts,
+		Chart: "report.png",
+		Notes: append(columnNotes(o), notes...),
+	}
+	if err := results.WriteMarkdown(&md, report, measured); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(o.out, "report.md"), []byte(md.String()), 0o644); err != nil {
+		return fmt.Errorf("writing the markdown report: %w", err)
 	}
 	return nil
 }
 
-func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d.Microseconds())/1000) }
-
-func size(b float64) string {
-	if b >= 1024 {
-		return fmt.Sprintf("%.1fKB", b/1024)
+func chartSubtitle(o options, began time.Time) string {
+	enc := "Accept-Encoding: " + o.acceptEncoding
+	if o.acceptEncoding == "" {
+		enc = "no Accept-Encoding"
 	}
-	return fmt.Sprintf("%.0fB", b)
+	return fmt.Sprintf("%s · closed loop, %s per bar after %s warm-up · %d CPUs (%s) shared by load generator, services, Postgres and Redis · %s",
+		enc, o.duration, o.warmup, cpuCount(), cpuModel(), began.UTC().Format("2006-01-02"))
+}
+
+func columnNotes(o options) []string {
+	return []string{
+		"**req/s**: successful responses per second in a closed loop: each connection sends its next request as soon as the previous response has been read.",
+		"**p50, p90, p99**: latency from sending a request to reading the last byte of its body, as vegeta measures it.",
+		"**errors**: transport errors and statuses outside 2xx/3xx.",
+		"**body/resp**: mean response body as it crossed the wire (compressed when marked gzip), headers excluded.",
+		"**cache hits**: share of responses with `X-Cache: HIT`, and which tier answered them (`X-Cache-Tier`); `—` for targets that are not cache tiers.",
+		"**vs /sample, vs ceiling**: req/s over that of `/sample` and of the ceiling at the same table size and connections.",
+		"**ceiling**: the service's own router and middleware (`httpapi.NewRouter`), in a process of its own, answering `GET /cache` from a fixed in-memory view holding the bytes, encoding, ETag and cache headers that `/cache` answered at that table size: no Redis, no Postgres. Before measuring, its answer is checked byte for byte against the service's.",
+		"**/sample** is served by the instance of the first tier; it never touches the cache.",
+		fmt.Sprintf("Every target was sent %s of the same load first, not counted, so caches are filled and connections open.", o.warmup),
+		repeatNote(o.repeat),
+		"The load generator, the services, Postgres and Redis share the machine's CPUs: absolute numbers are this machine's; compare rows of one run.",
+	}
+}
+
+func repeatNote(n int) string {
+	if n == 1 {
+		return "Each row is one measurement (`-repeat 1`); on a shared machine, differences of 20 % between runs are common. `-repeat 3` measures every cell three times and keeps each target's median."
+	}
+	return fmt.Sprintf("Each row is the median of %d rounds by req/s (its latencies are that round's); the targets' order rotated between rounds.", n)
+}
+
+// shellJoin quotes args so the command can be pasted back into a shell.
+func shellJoin(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=./,:+@%") == "" {
+			out[i] = a
+		} else {
+			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(out, " ")
 }

@@ -1,0 +1,348 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cacheside/cacheside/app/loadtest/internal/results"
+)
+
+// bench is one run: the service instances it started, and what the report should say about
+// them.
+type bench struct {
+	o        options
+	stderr   io.Writer
+	services []*service // one per tier that started; the first also serves /sample
+	tmp      string     // the ceiling's spec files
+	ceiling  *child     // the ceiling of the table size being measured
+	notes    []string
+	client   *http.Client // for the single requests that prepare a measurement
+}
+
+// newBench starts one cacheside per tier. A tier whose instance does not start (say, a binary
+// that rejects CACHE_LOCAL_ENABLED) is left out of the run and the report says so; the run
+// fails only when no tier starts.
+func newBench(ctx context.Context, o options, stderr io.Writer) (*bench, error) {
+	tmp, err := os.MkdirTemp("", "cacheside-loadtest-")
+	if err != nil {
+		return nil, fmt.Errorf("creating a temporary directory: %w", err)
+	}
+	b := &bench{
+		o: o, stderr: stderr, tmp: tmp,
+		client: &http.Client{Timeout: o.timeout, Transport: &http.Transport{DisableCompression: true}},
+	}
+	for _, t := range o.tiers {
+		s, err := startService(ctx, o.bin, t, stderr)
+		if err != nil {
+			if ctx.Err() != nil {
+				b.close()
+				return nil, ctx.Err()
+			}
+			fmt.Fprintf(stderr, "loadtest: tier %s left out: %v\n", t.name, err)
+			b.notes = append(b.notes, fmt.Sprintf("Tier **%s** was not measured: %s", t.name, oneLine(err.Error())))
+			continue
+		}
+		b.services = append(b.services, s)
+	}
+	if len(b.services) == 0 {
+		b.close()
+		return nil, errors.New("no cacheside instance started")
+	}
+	return b, nil
+}
+
+// close stops everything the run started. It is safe to call more than once.
+func (b *bench) close() {
+	b.stopCeiling()
+	for _, s := range b.services {
+		if err := s.stop(); err != nil {
+			fmt.Fprintf(b.stderr, "loadtest: stopping cacheside %s: %v\n", s.tier.name, err)
+		}
+	}
+	b.services = nil
+	_ = os.RemoveAll(b.tmp)
+}
+
+func (b *bench) stopCeiling() {
+	if b.ceiling == nil {
+		return
+	}
+	if err := b.ceiling.stop(); err != nil {
+		fmt.Fprintf(b.stderr, "loadtest: stopping the ceiling: %v\n", err)
+	}
+	b.ceiling = nil
+}
+
+// target is one thing measured in every cell.
+type target struct {
+	name string
+	kind results.Kind
+	url  string
+	svc  *service // nil for the ceiling
+}
+
+// runAll measures every table size; within a size, the targets of one cell run back to back, so
+// a noisy neighbour slowing the machine for a while hits them alike. With -repeat N each cell is
+// measured in N rounds, the order of the targets rotating from round to round, and each target
+// keeps the round with its median req/s.
+func (b *bench) runAll(ctx context.Context) ([]results.Measurement, error) {
+	var measured []results.Measurement
+	done, total := 0, len(b.o.rows)*len(b.o.conns)*(2+len(b.services))*b.o.repeat
+	for _, n := range b.o.rows {
+		ceilingURL, err := b.prepare(ctx, n)
+		if err != nil {
+			return measured, fmt.Errorf("preparing %d rows: %w", n, err)
+		}
+		targets := []target{{name: "ceiling", kind: results.Ceiling, url: ceilingURL + "/cache"}}
+		targets = append(targets, target{name: "/sample", kind: results.Direct, url: b.services[0].url + "/sample", svc: b.services[0]})
+		for _, s := range b.services {
+			targets = append(targets, target{name: "/cache " + s.tier.name, kind: results.Cached, url: s.url + "/cache", svc: s})
+		}
+		for _, c := range b.o.conns {
+			rounds := make([][]results.Measurement, len(targets))
+			for r := range b.o.repeat {
+				for k := range targets {
+					i := (k + r) % len(targets)
+					t := targets[i]
+					if err := b.alive(t); err != nil {
+						return measured, err
+					}
+					m, err := measure(ctx, b.o, t, n, c)
+					if err != nil {
+						return measured, err
+					}
+					rounds[i] = append(rounds[i], m)
+					done++
+					fmt.Fprintf(b.stderr, "[%d/%d] %6s rows %3d conns %-20s %8.0f req/s  p99 %-9s errors %d\n",
+						done, total, strconv.Itoa(n), c, t.name, m.Throughput, results.Latency(m.P99), m.Errors)
+				}
+			}
+			for _, ms := range rounds {
+				measured = append(measured, results.Median(ms))
+			}
+		}
+		b.stopCeiling()
+	}
+	return measured, nil
+}
+
+func (b *bench) alive(t target) error {
+	if t.svc != nil {
+		return t.svc.exited()
+	}
+	if b.ceiling != nil {
+		return b.ceiling.exited()
+	}
+	return nil
+}
+
+// prepare reseeds the table to n rows, fills every tier's cache and checks that it serves the
+// new rows, then starts the ceiling with the bytes /cache served. It returns the ceiling's URL.
+func (b *bench) prepare(ctx context.Context, n int) (string, error) {
+	fmt.Fprintf(b.stderr, "reseeding %d rows\n", n)
+	if err := b.reseed(ctx, n); err != nil {
+		return "", err
+	}
+	header := requestHeader(b.o.acceptEncoding)
+	direct, err := b.get(ctx, b.services[0].url+"/sample", header)
+	if err != nil {
+		return "", err
+	}
+	want, err := decoded(direct)
+	if err != nil {
+		return "", fmt.Errorf("GET /sample: %w", err)
+	}
+	var recorded response
+	for i, s := range b.services {
+		r, err := b.filled(ctx, s, header, want)
+		if err != nil {
+			return "", err
+		}
+		if i == 0 {
+			recorded = r
+		}
+	}
+	return b.startCeiling(ctx, n, recorded, header)
+}
+
+// reseed replaces the table through the first instance's configuration, then retires the
+// cached views of the others: each instance has its own key prefix, and `cacheside seed` only
+// retires those of the prefix it is configured with.
+func (b *bench) reseed(ctx context.Context, n int) error {
+	for i, s := range b.services {
+		args := []string{"seed", "-n", "0"}
+		if i == 0 {
+			args = []string{"seed", "-replace", "-n", strconv.Itoa(n)}
+		}
+		cmd := exec.CommandContext(ctx, b.o.bin, args...)
+		cmd.Env = s.env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("cacheside %s (tier %s): %w\n%s", strings.Join(args, " "), s.tier.name, err, out)
+		}
+	}
+	return nil
+}
+
+// filled asks s for /cache until it answers a hit holding the rows /sample holds. A cache that
+// keeps serving the previous table after the reseed is reported, because it would be measured
+// serving the wrong bytes.
+func (b *bench) filled(ctx context.Context, s *service, header http.Header, want []byte) (response, error) {
+	const patience = 5 * time.Second
+	start := time.Now()
+	var last string
+	for {
+		r, err := b.get(ctx, s.url+"/cache", header)
+		if err != nil {
+			return response{}, err
+		}
+		body, err := decoded(r)
+		switch {
+		case err != nil:
+			last = err.Error()
+		case r.header.Get("X-Cache") != "HIT":
+			last = "X-Cache: " + r.header.Get("X-Cache")
+		case !bytes.Equal(body, want):
+			last = fmt.Sprintf("a hit of %d bytes that differ from /sample's %d: the views the reseed retired are still served", len(body), len(want))
+		default:
+			if waited := time.Since(start); waited > time.Second {
+				fmt.Fprintf(b.stderr, "loadtest: tier %s served the new rows only after %s\n", s.tier.name, waited.Round(time.Millisecond))
+			}
+			return r, nil
+		}
+		if time.Since(start) > patience {
+			return response{}, fmt.Errorf("GET /cache on tier %s: no hit with the reseeded rows within %s; last answer: %s", s.tier.name, patience, last)
+		}
+		select {
+		case <-ctx.Done():
+			return response{}, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// startCeiling starts the ceiling with the answer /cache gave, then checks that it gives the
+// same answer: same status, body, framing and headers (Date aside). Anything else would make
+// the comparison unfair, in either direction.
+func (b *bench) startCeiling(ctx context.Context, n int, rec response, header http.Header) (string, error) {
+	b.stopCeiling()
+	spec := ceilingSpec{
+		Body:     rec.body,
+		Encoding: rec.header.Get("Content-Encoding"),
+		ETag:     strings.Trim(strings.TrimPrefix(rec.header.Get("ETag"), "W/"), `"`),
+		Cache:    rec.header.Get("X-Cache"),
+		Tier:     rec.header.Get("X-Cache-Tier"),
+	}
+	path := filepath.Join(b.tmp, fmt.Sprintf("ceiling-%d.json", n))
+	c, url, err := startCeiling(ctx, path, spec, b.services[0].env, b.stderr)
+	if err != nil {
+		return "", err
+	}
+	b.ceiling = c
+	got, err := b.get(ctx, url+"/cache", header)
+	if err != nil {
+		return "", fmt.Errorf("the ceiling: %w", err)
+	}
+	if diff := rec.diff(got); diff != "" {
+		return "", fmt.Errorf("the ceiling does not answer as /cache does (%s); the ceiling in app/loadtest needs to follow the change", diff)
+	}
+	return url, nil
+}
+
+// response is one answer, kept whole to be compared and replayed.
+type response struct {
+	status        int
+	header        http.Header
+	body          []byte
+	contentLength int64 // -1 when chunked
+}
+
+func (b *bench) get(ctx context.Context, url string, header http.Header) (response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return response{}, fmt.Errorf("building GET %s: %w", url, err)
+	}
+	req.Header = header.Clone()
+	res, err := b.client.Do(req)
+	if err != nil {
+		return response{}, fmt.Errorf("GET %s: %w", url, err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		return response{}, fmt.Errorf("reading GET %s: %w", url, err)
+	}
+	if res.StatusCode != http.StatusOK {
+		return response{}, fmt.Errorf("GET %s: %s: %s", url, res.Status, oneLine(string(body)))
+	}
+	return response{status: res.StatusCode, header: res.Header, body: body, contentLength: res.ContentLength}, nil
+}
+
+// diff names the first way got differs from r.
+func (r response) diff(got response) string {
+	switch {
+	case got.status != r.status:
+		return fmt.Sprintf("status %d, not %d", got.status, r.status)
+	case !bytes.Equal(got.body, r.body):
+		return fmt.Sprintf("a body of %d bytes, not the %d /cache sent", len(got.body), len(r.body))
+	case got.contentLength != r.contentLength:
+		return fmt.Sprintf("Content-Length %d, not %d (-1: chunked)", got.contentLength, r.contentLength)
+	}
+	for _, h := range []http.Header{r.header, got.header} {
+		for k := range h {
+			if k == "Date" {
+				continue
+			}
+			if a, b := strings.Join(r.header.Values(k), ", "), strings.Join(got.header.Values(k), ", "); a != b {
+				return fmt.Sprintf("header %s: %q, not %q", k, b, a)
+			}
+		}
+	}
+	return ""
+}
+
+// decoded is the JSON a response carries, whatever its encoding.
+func decoded(r response) ([]byte, error) {
+	switch enc := r.header.Get("Content-Encoding"); enc {
+	case "":
+		return r.body, nil
+	case "gzip":
+		zr, err := gzip.NewReader(bytes.NewReader(r.body))
+		if err != nil {
+			return nil, fmt.Errorf("reading a gzip body: %w", err)
+		}
+		out, err := io.ReadAll(zr)
+		if err != nil {
+			return nil, fmt.Errorf("reading a gzip body: %w", err)
+		}
+		return out, nil
+	default:
+		return nil, fmt.Errorf("unexpected Content-Encoding %q", enc)
+	}
+}
+
+func requestHeader(acceptEncoding string) http.Header {
+	h := http.Header{}
+	if acceptEncoding != "" {
+		h.Set("Accept-Encoding", acceptEncoding)
+	}
+	return h
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}

@@ -1,0 +1,310 @@
+// Package results holds the measurements of one load-test run and renders them as the terminal
+// table, the Markdown report and the PNG chart. It knows nothing about servers or HTTP, so every
+// number it prints can be checked by a unit test.
+package results
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Kind is what a target is; it decides what a row is compared with.
+type Kind int
+
+const (
+	// Ceiling is the service's router and middleware answering with fixed bytes: what HTTP on
+	// this machine allows before any storage is involved.
+	Ceiling Kind = iota + 1
+	// Direct is GET /sample: Postgres on every request.
+	Direct
+	// Cached is GET /cache through one cache tier.
+	Cached
+)
+
+// Measurement is one target measured at one table size and one number of connections.
+type Measurement struct {
+	Rows   int    // samples in the table
+	Conns  int    // concurrent keep-alive connections, each sending its next request on an answer
+	Target string // the name shown, e.g. "ceiling", "/sample", "/cache redis"
+	Kind   Kind
+
+	Requests   uint64  // responses and transport errors
+	Errors     uint64  // transport errors and statuses outside 2xx/3xx
+	Throughput float64 // successful responses per second
+	P50        time.Duration
+	P90        time.Duration
+	P99        time.Duration
+
+	// BodyBytes is the mean response body as it crossed the wire: compressed when Encoding says
+	// so, headers and chunk framing excluded.
+	BodyBytes float64
+	Encoding  string // Content-Encoding of the responses ("" for identity)
+
+	Hits      uint64 // responses with X-Cache: HIT
+	LocalHits uint64 // hits with X-Cache-Tier: local
+	RedisHits uint64 // hits with X-Cache-Tier: redis
+}
+
+// Ratio is m's throughput over that of the measurement of kind ref at the same table size and
+// number of connections. It is false when there is no such measurement, when m is that
+// measurement's kind (a row is not compared with itself), or when nothing was served.
+func Ratio(all []Measurement, m Measurement, ref Kind) (float64, bool) {
+	if m.Kind == ref {
+		return 0, false
+	}
+	for _, r := range all {
+		if r.Kind == ref && r.Rows == m.Rows && r.Conns == m.Conns {
+			if r.Throughput <= 0 {
+				return 0, false
+			}
+			return m.Throughput / r.Throughput, true
+		}
+	}
+	return 0, false
+}
+
+// Median is the measurement with the median throughput (the upper one of an even count), whole:
+// its latencies are those of the same round, not medians of each column taken apart.
+func Median(ms []Measurement) Measurement {
+	sorted := slices.Clone(ms)
+	slices.SortStableFunc(sorted, func(a, b Measurement) int { return cmp.Compare(a.Throughput, b.Throughput) })
+	return sorted[len(sorted)/2]
+}
+
+// Columns are the headings of the table, in the order Row returns the cells.
+var Columns = []string{"rows", "conns", "target", "req/s", "p50", "p90", "p99", "errors", "body/resp", "cache hits", "vs /sample", "vs ceiling"}
+
+// Row formats m as the cells of one table row; all is the whole run, for the ratios.
+func Row(all []Measurement, m Measurement) []string {
+	return []string{
+		thousands(m.Rows),
+		strconv.Itoa(m.Conns),
+		m.Target,
+		thousands(int(math.Round(m.Throughput))),
+		Latency(m.P50), Latency(m.P90), Latency(m.P99),
+		strconv.FormatUint(m.Errors, 10),
+		body(m),
+		hits(m),
+		ratio(all, m, Direct),
+		ratio(all, m, Ceiling),
+	}
+}
+
+// WriteTable writes the run as an aligned text table, a blank line between table sizes.
+func WriteTable(w io.Writer, all []Measurement) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, strings.Join(Columns, "\t")+"\t")
+	for i, m := range all {
+		if i > 0 && m.Rows != all[i-1].Rows {
+			// A line of empty cells: a line with fewer cells would end tabwriter's columns.
+			fmt.Fprintln(tw, strings.Repeat("\t", len(Columns)))
+		}
+		fmt.Fprintln(tw, strings.Join(Row(all, m), "\t")+"\t")
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("writing the table: %w", err)
+	}
+	return nil
+}
+
+// Report is what the Markdown file holds besides the table.
+type Report struct {
+	Title string
+	Facts []Fact // how the numbers were obtained: machine, versions, command, settings
+	Chart string // path of the chart relative to the Markdown file; "" for none
+	Notes []string
+}
+
+// Fact is one line of the report's header.
+type Fact struct{ Name, Value string }
+
+// WriteMarkdown writes the report: header facts, the chart, the table and the notes.
+func WriteMarkdown(w io.Writer, r Report, all []Measurement) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# %s\n\n", r.Title)
+	for _, f := range r.Facts {
+		fmt.Fprintf(&b, "- **%s:** %s\n", f.Name, f.Value)
+	}
+	if r.Chart != "" {
+		fmt.Fprintf(&b, "\n![requests per second by target](%s)\n", r.Chart)
+	}
+	b.WriteString("\n|")
+	for _, c := range Columns {
+		b.WriteString(" " + c + " |")
+	}
+	b.WriteString("\n|")
+	for i := range Columns {
+		// Numbers right-aligned, names left, as in the terminal table.
+		if i == 2 {
+			b.WriteString(":---|")
+		} else {
+			b.WriteString("---:|")
+		}
+	}
+	b.WriteString("\n")
+	for _, m := range all {
+		b.WriteString("|")
+		for _, c := range Row(all, m) {
+			b.WriteString(" " + markdownCell(c) + " |")
+		}
+		b.WriteString("\n")
+	}
+	if len(r.Notes) > 0 {
+		b.WriteString("\n")
+		for _, n := range r.Notes {
+			fmt.Fprintf(&b, "- %s\n", n)
+		}
+	}
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return fmt.Errorf("writing the markdown report: %w", err)
+	}
+	return nil
+}
+
+// markdownCell escapes what would end a cell or start emphasis: a target name such as
+// "/cache redis+local" is safe, but names come from flags.
+func markdownCell(s string) string {
+	return strings.NewReplacer("|", `\|`, "*", `\*`, "_", `\_`).Replace(s)
+}
+
+// Latency prints a duration in milliseconds with three significant digits or so, because the
+// range runs from tens of microseconds (a cache hit) to hundreds of milliseconds.
+func Latency(d time.Duration) string {
+	ms := float64(d) / float64(time.Millisecond)
+	switch {
+	case ms < 10:
+		return strconv.FormatFloat(ms, 'f', 2, 64) + "ms"
+	case ms < 100:
+		return strconv.FormatFloat(ms, 'f', 1, 64) + "ms"
+	default:
+		return strconv.FormatFloat(ms, 'f', 0, 64) + "ms"
+	}
+}
+
+// Bytes prints a size in B, KiB or MiB.
+func Bytes(b float64) string {
+	switch {
+	case b >= 1<<20:
+		return strconv.FormatFloat(b/(1<<20), 'f', 2, 64) + " MiB"
+	case b >= 1<<10:
+		return strconv.FormatFloat(b/(1<<10), 'f', 1, 64) + " KiB"
+	default:
+		return strconv.FormatFloat(b, 'f', 0, 64) + " B"
+	}
+}
+
+func body(m Measurement) string {
+	if m.Requests == m.Errors {
+		return "—"
+	}
+	return strings.TrimSpace(Bytes(m.BodyBytes) + " " + m.Encoding)
+}
+
+// hits is the share of cache hits among all requests, and which tier answered them. The
+// ceiling and /sample are not cache tiers, whatever headers they send.
+func hits(m Measurement) string {
+	if m.Kind != Cached || m.Requests == 0 {
+		return "—"
+	}
+	s := Percent(m.Hits, m.Requests)
+	var tiers []string
+	if m.LocalHits > 0 {
+		tiers = append(tiers, "local "+Percent(m.LocalHits, m.Requests))
+	}
+	if m.RedisHits > 0 {
+		tiers = append(tiers, "redis "+Percent(m.RedisHits, m.Requests))
+	}
+	if len(tiers) > 0 {
+		s += " (" + strings.Join(tiers, ", ") + ")"
+	}
+	return s
+}
+
+// Percent prints part/whole so that it never rounds to 100 % or 0 % unless it is exactly that:
+// "99.97 % hits" must not read as "every request hit".
+func Percent(part, whole uint64) string {
+	if whole == 0 {
+		return "—"
+	}
+	switch p := 100 * float64(part) / float64(whole); {
+	case part == whole:
+		return "100%"
+	case part == 0:
+		return "0%"
+	case p > 99.9:
+		return ">99.9%"
+	case p < 0.1:
+		return "<0.1%"
+	case p >= 99 || p < 1:
+		return strconv.FormatFloat(p, 'f', 1, 64) + "%"
+	default:
+		return strconv.FormatFloat(p, 'f', 0, 64) + "%"
+	}
+}
+
+func ratio(all []Measurement, m Measurement, ref Kind) string {
+	r, ok := Ratio(all, m, ref)
+	if !ok {
+		return "—"
+	}
+	return Times(r)
+}
+
+// Times prints a ratio with two significant digits below 10 and none after the point above.
+func Times(r float64) string {
+	if r < 10 {
+		return strconv.FormatFloat(r, 'f', 2, 64) + "×"
+	}
+	return strconv.FormatFloat(r, 'f', 0, 64) + "×"
+}
+
+// thousands prints n with comma separators (10,000 rows), as the README does.
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	if n < 0 {
+		return "-" + thousands(-n)
+	}
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// targets lists the target names in the order they were first measured, which is the order
+// of the bars in every group of the chart.
+func targets(all []Measurement) []Measurement {
+	var out []Measurement
+	seen := map[string]bool{}
+	for _, m := range all {
+		if !seen[m.Target] {
+			seen[m.Target] = true
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// distinct returns the sorted distinct values of f over all.
+func distinct(all []Measurement, f func(Measurement) int) []int {
+	var out []int
+	seen := map[int]bool{}
+	for _, m := range all {
+		if v := f(m); !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

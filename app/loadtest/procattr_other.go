@@ -1,0 +1,9 @@
+//go:build !linux
+
+package main
+
+import "syscall"
+
+// childAttr: only Linux can tie a child's life to its parent's; elsewhere an interrupted run
+// still stops its children, a killed one does not.
+func childAttr() *syscall.SysProcAttr { return nil }
