@@ -666,3 +666,69 @@ func gunzip(t *testing.T, r cache.Result) string {
 	}
 	return string(b)
 }
+
+// TestTheCacheWorksOnSentinelAndCluster runs reads, writes, seeding and the near-cache against a
+// real Sentinel-managed master and a real three-master Cluster: hash-tagged keys must share a
+// slot for MGET, pipelines must split by slot, and pub/sub and SCAN must reach every master.
+func TestTheCacheWorksOnSentinelAndCluster(t *testing.T) {
+	for _, tc := range []struct{ mode, url string }{
+		{"sentinel", testenv.StartRedisSentinel(t)},
+		{"cluster", testenv.StartRedisCluster(t)},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			rdb, err := redisclient.New(redisclient.Options{URL: tc.url, Mode: tc.mode, Timeout: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { rdb.Close() })
+			c := withNearCache(t, rdb, "t")
+			other := withNearCache(t, rdb, "t") // a second replica
+			keys := []cache.Key{{Space: "item", ID: "1"}, {Space: "item", ID: "2"}, {Space: "list", ID: "all"}}
+			src := &source{value: "v1"}
+			for _, k := range keys {
+				for _, want := range []cache.Outcome{cache.Miss, cache.Hit} {
+					res, err := c.Fetch(context.Background(), k, src.load)
+					if err != nil || res.Outcome != want || gunzip(t, res) != "v1" {
+						t.Fatalf("%v: %s %q %v, want %s v1", k, res.Outcome, gunzip(t, res), err, want)
+					}
+				}
+				if _, err := other.Fetch(context.Background(), k, src.load); err != nil {
+					t.Fatal(err)
+				}
+			}
+			src.set("v2")
+			if err := c.Invalidate(context.Background(), keys...); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range keys {
+				if res := fetchKey(t, c, k, src.load); gunzip(t, res) != "v2" {
+					t.Errorf("%v after the write: %q", k, gunzip(t, res))
+				}
+			}
+			testenv.Eventually(t, 5*time.Second, func() error {
+				if got := gunzip(t, fetchKey(t, other, keys[0], src.load)); got != "v2" {
+					return fmt.Errorf("the other replica serves %q", got)
+				}
+				return nil
+			})
+			src.set("v3")
+			if err := c.InvalidateSpace(context.Background(), "item"); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range keys[:2] {
+				if res := fetchKey(t, c, k, src.load); gunzip(t, res) != "v3" {
+					t.Errorf("%v after retiring the space: %q", k, gunzip(t, res))
+				}
+			}
+		})
+	}
+}
+
+func fetchKey(t *testing.T, c *cache.Cache, k cache.Key, load cache.Loader) cache.Result {
+	t.Helper()
+	res, err := c.Fetch(context.Background(), k, load)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}

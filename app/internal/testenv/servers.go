@@ -9,6 +9,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -19,16 +20,17 @@ import (
 
 // RedisServer is a private redis-server a test may kill, pause and restart.
 type RedisServer struct {
-	t    testing.TB
-	bin  string
-	dir  string
-	Port int
-	cmd  *exec.Cmd
+	t     testing.TB
+	bin   string
+	dir   string
+	Port  int
+	cmd   *exec.Cmd
+	extra []string
 }
 
 // StartRedis starts a private redis-server on a free port, stopped when the test ends. The binary
-// is $REDIS_SERVER or redis-server on PATH (make test provides it).
-func StartRedis(t testing.TB) *RedisServer {
+// is $REDIS_SERVER or redis-server on PATH (make test provides it). extra are more arguments.
+func StartRedis(t testing.TB, extra ...string) *RedisServer {
 	t.Helper()
 	bin := os.Getenv("REDIS_SERVER")
 	if bin == "" {
@@ -37,7 +39,7 @@ func StartRedis(t testing.TB) *RedisServer {
 			t.Fatalf("redis-server not found: run the tests with `make test`, which installs it")
 		}
 	}
-	s := &RedisServer{t: t, bin: bin, dir: t.TempDir(), Port: FreePort(t)}
+	s := &RedisServer{t: t, bin: bin, dir: t.TempDir(), Port: FreePort(t), extra: extra}
 	s.Start()
 	t.Cleanup(func() {
 		if s.cmd != nil {
@@ -54,8 +56,9 @@ func (s *RedisServer) URL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0"
 // Start (re)starts the server on its port and waits until it answers PING.
 func (s *RedisServer) Start() {
 	s.t.Helper()
-	s.cmd = exec.Command(s.bin, "--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"))
+	args := append([]string{"--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log")}, s.extra...)
+	s.cmd = exec.Command(s.bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("starting redis-server: %v", err)
 	}
@@ -77,6 +80,71 @@ func (s *RedisServer) Pause() { _ = s.cmd.Process.Signal(syscall.SIGSTOP) }
 
 // Resume undoes Pause.
 func (s *RedisServer) Resume() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }
+
+// StartRedisCluster starts a three-master Redis Cluster and returns its URL in go-redis's
+// cluster form (the first node, ?addr= for the others). Slots are assigned directly, so no
+// redis-cli is needed.
+func StartRedisCluster(t testing.TB) string {
+	t.Helper()
+	ctx := context.Background()
+	var nodes []*RedisServer
+	for range 3 {
+		nodes = append(nodes, StartRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"))
+	}
+	const slots = 16384
+	for i, n := range nodes {
+		c := redis.NewClient(&redis.Options{Addr: n.addr()})
+		lo, hi := i*slots/len(nodes), (i+1)*slots/len(nodes)-1
+		if err := c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", lo, hi).Err(); err != nil {
+			t.Fatalf("assigning slots: %v", err)
+		}
+		if i > 0 {
+			if err := c.ClusterMeet(ctx, "127.0.0.1", strconv.Itoa(nodes[0].Port)).Err(); err != nil {
+				t.Fatalf("joining the cluster: %v", err)
+			}
+		}
+		_ = c.Close()
+	}
+	for _, n := range nodes {
+		c := redis.NewClient(&redis.Options{Addr: n.addr()})
+		Eventually(t, 30*time.Second, func() error {
+			info, err := c.ClusterInfo(ctx).Result()
+			if err == nil && !strings.Contains(info, "cluster_state:ok") {
+				err = fmt.Errorf("cluster not ok yet")
+			}
+			return err
+		})
+		_ = c.Close()
+	}
+	return fmt.Sprintf("redis://%s?addr=%s&addr=%s", nodes[0].addr(), nodes[1].addr(), nodes[2].addr())
+}
+
+// StartRedisSentinel starts a master and one Sentinel watching it as "mymaster", and returns the
+// URL in go-redis's failover form.
+func StartRedisSentinel(t testing.TB) string {
+	t.Helper()
+	master := StartRedis(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "sentinel.conf")
+	port := FreePort(t)
+	text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor mymaster 127.0.0.1 %d 1\n", port, dir, master.Port)
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(master.bin, conf, "--sentinel")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting sentinel: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	s := redis.NewSentinelClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
+	defer s.Close()
+	Eventually(t, 30*time.Second, func() error {
+		return s.GetMasterAddrByName(context.Background(), "mymaster").Err()
+	})
+	return fmt.Sprintf("redis://127.0.0.1:%d/0?master_name=mymaster", port)
+}
+
+func (s *RedisServer) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port)) }
 
 // PostgresServer is a private Postgres cluster a test may stop and restart.
 type PostgresServer struct {
