@@ -64,7 +64,7 @@ clean: ## Stop local dev/test servers and delete .run (dev data included)
 	for d in .run/*/; do local::redis_stop "$${d}redis"; local::pg_destroy "$${d}pg"; done
 	rm -rf .run
 
-loadtest: ## Load test (hack/loadtest.sh)
+loadtest: ## Benchmark report: ceiling, /sample, /cache per tier -> app/loadtest/report/ (ARGS go to the generator)
 	bash hack/loadtest.sh $(ARGS)
 
 bench: ## Go benchmarks of the hot paths (hack/test.sh provides Postgres + Redis)

@@ -322,7 +322,7 @@ func (rc *redisCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 // TestConcurrentMissesShareOneLoad holds the load until every caller has looked in Redis and
 // missed, so without collapsing each of them would load.
 func TestConcurrentMissesShareOneLoad(t *testing.T) {
-	const callers = 100
+	const callers = 1000 // the miss storm of the performance goals
 	rdb, prefix := testenv.Redis(t)
 	counter := countCommands(rdb)
 	c := cache.New(rdb, options(prefix))
