@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -188,8 +186,8 @@ func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, de
 	return fn(ctx, deps{cfg: cfg, log: log, tel: tel, pool: pool, rdb: rdb, cache: c, db: samples.NewPGStore(pool, cfg.DatabaseTimeout)})
 }
 
-// serve runs the HTTP API until ctx is cancelled (SIGINT/SIGTERM), then lets in-flight requests
-// finish within SHUTDOWN_TIMEOUT before the pools close.
+// serve runs the HTTP API until ctx is cancelled (SIGINT/SIGTERM); in-flight requests finish
+// within SHUTDOWN_TIMEOUT before the pools close (the deferred closes in withDeps).
 func serve(ctx context.Context, d deps) error {
 	if d.cfg.MigrateOnStart {
 		if err := postgres.Migrate(ctx, d.pool); err != nil {
@@ -208,37 +206,7 @@ func serve(ctx context.Context, d deps) error {
 		RetryAfter:    d.cfg.CacheBreakerCooldown,
 		Metrics:       d.tel.Metrics,
 	})
-	srv := &http.Server{
-		Handler:           router,
-		ReadHeaderTimeout: d.cfg.HTTPReadHeaderTimeout,
-		ReadTimeout:       d.cfg.HTTPReadTimeout,
-		WriteTimeout:      d.cfg.HTTPWriteTimeout,
-		IdleTimeout:       d.cfg.HTTPIdleTimeout,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
-	}
-	ln, err := net.Listen("tcp", d.cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", d.cfg.HTTPAddr, err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	d.log.Info("serving", "addr", ln.Addr().String())
-
-	select {
-	case err := <-served:
-		return fmt.Errorf("serving http: %w", err)
-	case <-ctx.Done():
-	}
-	d.log.Info("shutting down", "timeout", d.cfg.ShutdownTimeout.String())
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		_ = srv.Close()
-		return fmt.Errorf("shutting down: in-flight requests did not finish in %s: %w", d.cfg.ShutdownTimeout, err)
-	}
-	d.log.Info("stopped")
-	return nil
+	return httpapi.Serve(ctx, d.log, d.cfg, router)
 }
 
 func seedCommand(ctx context.Context, args []string, stderr io.Writer) error {

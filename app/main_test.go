@@ -2,7 +2,6 @@ package main_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -47,7 +46,7 @@ func TestMain(m *testing.M) {
 // proc is a running cacheside with its combined output captured.
 type proc struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *testenv.Buffer
 	addr string
 }
 
@@ -67,7 +66,7 @@ func serve(t *testing.T, env ...string) *proc {
 	port := testenv.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := command(t, append(env, "HTTP_ADDR="+addr), "serve")
-	out := &lockedBuffer{}
+	out := &testenv.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -293,18 +292,6 @@ func exitCode(err error) int {
 	}
 	return -1
 }
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // TestAWriteOnOneReplicaReachesTheOthersNearCache runs two service processes on one Redis with
 // the near-cache on and entries living a minute: only the published invalidation can make the

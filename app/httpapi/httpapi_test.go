@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,7 +28,7 @@ import (
 type env struct {
 	url         string
 	router      *gin.Engine
-	logs        *syncBuffer
+	logs        *testenv.Buffer
 	db          *samples.PGStore
 	cache       *cache.Cache
 	databaseURL string
@@ -51,7 +50,7 @@ func start(t testing.TB, s setup) *env {
 		_, p := testenv.Redis(t) // for the prefix and its cleanup
 		s.redisURL, prefix = testenv.RedisURL(t), p+":"+samples.PayloadVersion
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	pool := testenv.Pool(t, s.databaseURL)
 	rdb, err := redisclient.New(redisclient.Options{URL: s.redisURL, Timeout: 300 * time.Millisecond})
@@ -423,19 +422,6 @@ func TestPostgresDownIsA503AndNotReadyUntilItReturns(t *testing.T) {
 		t.Errorf("after recovery: %d %s", r.status, r.body)
 	}
 }
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines to log into.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // raw sends a GET without Go's transparent gzip handling, with the given request headers.
 func (e *env) raw(t *testing.T, path string, header map[string]string) response {

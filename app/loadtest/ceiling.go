@@ -6,9 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"time"
 
@@ -75,30 +72,9 @@ func serveCeiling(ctx context.Context, specPath string, stderr io.Writer) error 
 		RetryAfter:    cfg.CacheBreakerCooldown,
 		Metrics:       tel.Metrics,
 	})
-	srv := &http.Server{
-		Handler:           router,
-		ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout,
-		ReadTimeout:       cfg.HTTPReadTimeout,
-		WriteTimeout:      cfg.HTTPWriteTimeout,
-		IdleTimeout:       cfg.HTTPIdleTimeout,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	ln, err := net.Listen("tcp", spec.Addr)
-	if err != nil {
-		return fmt.Errorf("the ceiling listening on %s: %w", spec.Addr, err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	select {
-	case err := <-served:
-		return fmt.Errorf("the ceiling serving http: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutting the ceiling down: %w", err)
+	cfg.HTTPAddr = spec.Addr
+	if err := httpapi.Serve(ctx, log, cfg, router); err != nil {
+		return fmt.Errorf("the ceiling: %w", err)
 	}
 	return nil
 }
