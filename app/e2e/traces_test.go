@@ -103,15 +103,17 @@ func TestTracesShowHowEachRequestWasServed(t *testing.T) {
 		noPayloadInAttributes(t, tr)
 	})
 
-	t.Run("a hit reads server span, cache lookup, Redis GET and no Postgres", func(t *testing.T) {
+	t.Run("a hit reads server span, cache lookup, Redis GET (or the near-cache) and no Postgres", func(t *testing.T) {
 		awaitTrace(t, tg.jaeger, hit, func(tr trace) []string {
 			var p []string
 			_, get := rootAndLookup(tr, hit, "HIT", &p)
 			if get == nil {
 				return p
 			}
-			if len(tr.find(func(s span) bool { return isRedis(s) && s.Name == "mget" && s.ParentSpanID == get.SpanID })) == 0 {
-				p = append(p, "no Redis MGET under the cache lookup")
+			// A deployment with the near-cache on answers repeated reads in process: no Redis span.
+			if tier, _ := get.attr("cache.tier"); tier != "local" &&
+				len(tr.find(func(s span) bool { return isRedis(s) && s.Name == "mget" && s.ParentSpanID == get.SpanID })) == 0 {
+				p = append(p, "no Redis MGET under a Redis-tier hit")
 			}
 			if n := len(tr.find(isPostgres)) + len(tr.named("cache.load")); n > 0 {
 				p = append(p, fmt.Sprintf("a hit has %d Postgres or load spans", n))
@@ -161,10 +163,20 @@ func TestTracesShowHowEachRequestWasServed(t *testing.T) {
 		}
 		tg.stopRedis(t)
 		defer tg.startRedis(t)
-		bypass := newParent()
-		if r := c.do(t, "GET", "/cache", "", bypass.header()); r.status != 200 || r.xcache != "BYPASS" {
-			t.Fatalf("/cache with Redis down: %d X-Cache %q, want 200 BYPASS", r.status, r.xcache)
-		}
+		// A deployment needs a moment to notice (its pods, the near-cache's subscription); a
+		// near-cache entry may still answer until then, never a failure.
+		var bypass traceParent
+		testenv.Eventually(t, 30*time.Second, func() error {
+			bypass = newParent()
+			r := c.do(t, "GET", "/cache", "", bypass.header())
+			if r.status != 200 {
+				t.Fatalf("/cache with Redis down: %d %s", r.status, r.body)
+			}
+			if r.xcache != "BYPASS" {
+				return fmt.Errorf("X-Cache %q, not BYPASS yet", r.xcache)
+			}
+			return nil
+		})
 		awaitTrace(t, tg.jaeger, bypass, func(tr trace) []string {
 			var p []string
 			server, get := rootAndLookup(tr, bypass, "BYPASS", &p)
@@ -223,7 +235,11 @@ func rootAndLookup(tr trace, parent traceParent, outcome string, p *[]string) (s
 		return server, nil
 	}
 	get = &gets[0]
-	want := map[string]string{"cache.outcome": outcome, "cache.hit": strconv.FormatBool(outcome == "HIT"), "cache.tier": "redis"}
+	want := map[string]string{"cache.outcome": outcome, "cache.hit": strconv.FormatBool(outcome == "HIT")}
+	tiers := map[string]bool{"redis": true, "local": outcome == "HIT"} // only hits come from the near-cache
+	if tier, _ := get.attr("cache.tier"); !tiers[tier] {
+		*p = append(*p, fmt.Sprintf("cache.get cache.tier = %q on a %s", tier, outcome))
+	}
 	for k, v := range want {
 		if got, _ := get.attr(k); got != v {
 			*p = append(*p, fmt.Sprintf("cache.get %s = %q, want %q", k, got, v))
