@@ -15,7 +15,7 @@ STATICCHECK_VERSION := v0.8.2
 # Extra arguments for the scripts, e.g. make test ARGS='-run TestCache -v'
 ARGS ?=
 
-.PHONY: help run test chart-test lint build tidy clean loadtest bench
+.PHONY: help run test chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench
 
 help: ## Show this help
 	@echo 'Usage: make <target> [ARGS=...]'
@@ -25,12 +25,22 @@ help: ## Show this help
 run: ## Run everything locally: dev Postgres + Redis, migrate, seed, serve
 	bash hack/run.sh
 
-test: ## Every test: Go (-race) against throwaway Postgres, Redis and Jaeger, then chart and image checks
+test: ## Every test: Go (-race) against throwaway Postgres, Redis and Jaeger, then chart, image, workflow, Tiltfile and k8s/ checks
 	bash hack/test.sh $(ARGS)
 	bash hack/chart-test.sh
+	bash hack/ci-check.sh
 
 chart-test: ## Helm chart and Dockerfile checks, no cluster or Docker needed (ARGS go to go test)
 	bash hack/chart-test.sh $(ARGS)
+
+ci-check: ## Workflows (actionlint), scripts (shellcheck), Tiltfile, k8s/ manifests and versions; no cluster needed
+	bash hack/ci-check.sh
+
+kind-up: ## Local kind cluster and registry for Tilt (needs Docker)
+	bash hack/kind-up.sh
+
+kind-down: ## Delete the kind cluster and its registry
+	bash hack/kind-down.sh
 
 lint: ## gofmt check, go vet, staticcheck
 	@echo '==> gofmt -l'
@@ -46,9 +56,10 @@ lint: ## gofmt check, go vet, staticcheck
 	$(GO) vet ./...; \
 	echo '==> staticcheck@$(STATICCHECK_VERSION) ./...'; \
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...; \
-	echo '==> staticcheck charts/tests hack/tools'; \
+	echo '==> staticcheck charts/tests hack/tools hack/tiltcheck'; \
 	(cd charts/tests && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...); \
-	(cd hack/tools && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./k8sjsonschema)
+	(cd hack/tools && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./k8sjsonschema); \
+	(cd hack/tiltcheck && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
 	@echo '==> shellcheck hack/*.sh hack/lib/*.sh'
 	@shellcheck -x hack/*.sh hack/lib/*.sh
 
