@@ -418,7 +418,11 @@ func (c *Cache) store(ctx context.Context, k Key, gen string, e entry) {
 func (c *Cache) Invalidate(ctx context.Context, keys ...Key) error {
 	ctx, span := c.tracer.Start(ctx, "cache.invalidate", trace.WithAttributes(attribute.Int("cache.keys", len(keys))))
 	defer span.End()
-	// This process never serves what it just retired, whatever Redis says.
+	// Invalidations run even if the breaker is open: skipping one is what would serve stale data.
+	err := c.invalidate(ctx, keys)
+	// Only now, after Redis holds the new generations, does this process drop its own entries: a
+	// local lookup in between could otherwise fetch the old value from Redis and keep it here
+	// after this write returns. Its store is refused (the version moves) or its entry dropped.
 	if c.local != nil {
 		names := make([]string, len(keys))
 		for i, k := range keys {
@@ -426,8 +430,6 @@ func (c *Cache) Invalidate(ctx context.Context, keys ...Key) error {
 		}
 		c.local.invalidate(names...)
 	}
-	// Invalidations run even if the breaker is open: skipping one is what would serve stale data.
-	err := c.invalidate(ctx, keys)
 	if err != nil {
 		c.mu.Lock()
 		for _, k := range keys {

@@ -1,10 +1,13 @@
 package samples_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +21,12 @@ import (
 )
 
 func stores(t *testing.T) (*samples.PGStore, *samples.CachedStore) {
+	return storesWith(t, false)
+}
+
+// storesWith returns the Postgres store and the cached store over it, with the near-cache on
+// when nearCache is set.
+func storesWith(t *testing.T, nearCache bool) (*samples.PGStore, *samples.CachedStore) {
 	t.Helper()
 	pool := testenv.Pool(t, testenv.Database(t))
 	rdb, prefix := testenv.Redis(t)
@@ -25,7 +34,17 @@ func stores(t *testing.T) (*samples.PGStore, *samples.CachedStore) {
 	c := cache.New(rdb, cache.Options{
 		Prefix: prefix, TTL: time.Minute, Jitter: 0.1, NegativeTTL: 30 * time.Second,
 		OpTimeout: time.Second, LoadTimeout: 5 * time.Second, BreakerFailures: 3, BreakerCooldown: time.Second,
+		Compress: true, Local: nearCache, LocalTTL: time.Minute, LocalMaxBytes: 1 << 20,
 	})
+	t.Cleanup(c.Close)
+	if nearCache {
+		testenv.Eventually(t, 10*time.Second, func() error {
+			if h := c.Health(context.Background()); h.Local != "live" {
+				return fmt.Errorf("near-cache %s", h.Local)
+			}
+			return nil
+		})
+	}
 	return db, samples.NewCachedStore(db, c)
 }
 
@@ -33,7 +52,13 @@ func stores(t *testing.T) (*samples.PGStore, *samples.CachedStore) {
 // Postgres and Redis. Writers number their titles; a reader notes the newest number whose write
 // had returned when the read began, and must never see an older one, on the item or the list.
 func TestNoReadStartedAfterAWriteReturnedSeesOlderData(t *testing.T) {
-	db, cached := stores(t)
+	for _, near := range []bool{false, true} {
+		t.Run(fmt.Sprintf("near-cache %v", near), func(t *testing.T) { readAfterWrite(t, near) })
+	}
+}
+
+func readAfterWrite(t *testing.T, nearCache bool) {
+	db, cached := storesWith(t, nearCache)
 	ctx := context.Background()
 	s, err := cached.Create(ctx, "v0")
 	if err != nil {
@@ -77,7 +102,7 @@ func TestNoReadStartedAfterAWriteReturnedSeesOlderData(t *testing.T) {
 					return
 				}
 				var one samples.Sample
-				if err := json.Unmarshal(item.Body, &one); err != nil {
+				if err := json.Unmarshal(plain(t, item), &one); err != nil {
 					t.Error(err)
 					return
 				}
@@ -90,8 +115,8 @@ func TestNoReadStartedAfterAWriteReturnedSeesOlderData(t *testing.T) {
 					return
 				}
 				var all []samples.Sample
-				if err := json.Unmarshal(list.Body, &all); err != nil || len(all) != 1 {
-					t.Errorf("list: %v %s", err, list.Body)
+				if err := json.Unmarshal(plain(t, list), &all); err != nil || len(all) != 1 {
+					t.Errorf("list: %v %s", err, plain(t, list))
 					return
 				}
 				if v := version(all[0].Title); v < floor {
@@ -138,7 +163,7 @@ func TestSeedReplacesSamplesAndRetiresCachedViews(t *testing.T) {
 		t.Fatal(err)
 	}
 	var all []samples.Sample
-	if err := json.Unmarshal(list.Body, &all); err != nil || len(all) != 10 || all[0].Title != "Sample 1" {
+	if err := json.Unmarshal(plain(t, list), &all); err != nil || len(all) != 10 || all[0].Title != "Sample 1" {
 		t.Errorf("list after seeding: %d samples, %v", len(all), err)
 	}
 	if _, err := cached.Get(ctx, old.ID); !errors.Is(err, samples.ErrNotFound) {
@@ -175,4 +200,21 @@ func TestValidateTitle(t *testing.T) {
 			}
 		})
 	}
+}
+
+// plain returns a view's JSON, decompressed if the cache stored it gzipped.
+func plain(t *testing.T, v samples.View) []byte {
+	t.Helper()
+	if v.Encoding != "gzip" {
+		return v.Body
+	}
+	r, err := gzip.NewReader(bytes.NewReader(v.Body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
