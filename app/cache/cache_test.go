@@ -1,12 +1,9 @@
 package cache_test
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -657,15 +654,7 @@ func gunzip(t *testing.T, r cache.Result) string {
 	if r.Encoding != "gzip" {
 		return string(r.Body)
 	}
-	zr, err := gzip.NewReader(bytes.NewReader(r.Body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return string(testenv.Gunzip(t, r.Body))
 }
 
 // TestTheCacheWorksOnSentinelAndCluster runs reads, writes, seeding and the near-cache against a

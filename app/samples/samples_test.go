@@ -1,13 +1,10 @@
 package samples_test
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -208,13 +205,5 @@ func plain(t *testing.T, v samples.View) []byte {
 	if v.Encoding != "gzip" {
 		return v.Body
 	}
-	r, err := gzip.NewReader(bytes.NewReader(v.Body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return testenv.Gunzip(t, v.Body)
 }
