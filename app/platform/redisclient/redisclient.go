@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"runtime"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -32,7 +33,7 @@ func New(o Options) (goredis.UniversalClient, error) {
 		if err != nil {
 			return nil, sanitize(err)
 		}
-		o.tune(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.ContextTimeoutEnabled, &opt.MaxRetries, &opt.PoolSize)
+		o.tune(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.ContextTimeoutEnabled, &opt.MaxRetries, &opt.PoolSize, &opt.MinIdleConns, &opt.PipelinePoolSize)
 		return goredis.NewClient(opt), nil
 	case "sentinel":
 		opt, err := goredis.ParseFailoverURL(o.URL)
@@ -42,14 +43,14 @@ func New(o Options) (goredis.UniversalClient, error) {
 		if opt.MasterName == "" {
 			return nil, errors.New("parsing REDIS_URL: sentinel mode needs ?master_name=")
 		}
-		o.tune(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.ContextTimeoutEnabled, &opt.MaxRetries, &opt.PoolSize)
+		o.tune(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.ContextTimeoutEnabled, &opt.MaxRetries, &opt.PoolSize, &opt.MinIdleConns, &opt.PipelinePoolSize)
 		return goredis.NewFailoverClient(opt), nil
 	case "cluster":
 		opt, err := goredis.ParseClusterURL(o.URL)
 		if err != nil {
 			return nil, sanitize(err)
 		}
-		o.tune(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.ContextTimeoutEnabled, &opt.MaxRetries, &opt.PoolSize)
+		o.tune(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.ContextTimeoutEnabled, &opt.MaxRetries, &opt.PoolSize, &opt.MinIdleConns, &opt.PipelinePoolSize)
 		return goredis.NewClusterClient(opt), nil
 	default:
 		return nil, fmt.Errorf("unknown REDIS_MODE %q", o.Mode)
@@ -58,13 +59,22 @@ func New(o Options) (goredis.UniversalClient, error) {
 
 // tune applies the same budget to every mode: each command, dial included, gets Timeout, the
 // caller's context deadline wins, and one retry covers a pooled connection that Redis closed.
-func (o Options) tune(dial, read, write, pool *time.Duration, ctxTimeout *bool, retries, poolSize *int) {
+//
+// The pool is kept full and warm (every connection dialled in the background, and pipelines on
+// the same pool rather than go-redis's separate pipeline pool, which never pre-dials): a command
+// that has to dial pays a TCP connect and a handshake of several round trips inside its own
+// budget, and on a loaded machine that alone can exceed it, which the circuit breaker would
+// count as Redis failing.
+func (o Options) tune(dial, read, write, pool *time.Duration, ctxTimeout *bool, retries, poolSize, minIdle, pipelinePool *int) {
 	*dial, *read, *write, *pool = o.Timeout, o.Timeout, o.Timeout, o.Timeout
 	*ctxTimeout = true
 	*retries = 1
-	if o.PoolSize > 0 {
-		*poolSize = o.PoolSize
+	*poolSize = o.PoolSize
+	if *poolSize <= 0 {
+		*poolSize = 10 * runtime.GOMAXPROCS(0) // go-redis's default, made explicit to warm it all
 	}
+	*minIdle = *poolSize
+	*pipelinePool = -1
 }
 
 // LogTo sends go-redis's own diagnostics (dial failures, pool trouble) to log at warn level, so
