@@ -12,27 +12,19 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
-	"github.com/exaring/otelpgx"
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/extra/redisotel/v9"
-	goredis "github.com/redis/go-redis/v9"
-	"go.opentelemetry.io/otel"
-
 	"github.com/cacheside/cacheside/app/buildinfo"
-	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/config"
 	"github.com/cacheside/cacheside/app/httpapi"
 	"github.com/cacheside/cacheside/app/platform/logging"
 	"github.com/cacheside/cacheside/app/platform/postgres"
 	"github.com/cacheside/cacheside/app/platform/redisclient"
 	"github.com/cacheside/cacheside/app/platform/telemetry"
-	"github.com/cacheside/cacheside/app/samples"
+	"github.com/cacheside/cacheside/app/service"
 )
 
 func main() {
@@ -81,11 +73,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "serve":
 		return withDeps(ctx, stderr, serve)
 	case "migrate":
-		return withDeps(ctx, stderr, func(ctx context.Context, d deps) error {
-			if err := postgres.Migrate(ctx, d.pool); err != nil {
+		return withDeps(ctx, stderr, func(ctx context.Context, svc *service.Service, _ *telemetry.Telemetry) error {
+			if err := postgres.Migrate(ctx, svc.Pool); err != nil {
 				return err
 			}
-			d.log.Info("migrations applied")
+			svc.Log.Info("migrations applied")
 			return nil
 		})
 	case "seed":
@@ -104,18 +96,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
-// deps are the connections every command shares, built in the order they are needed.
-type deps struct {
-	cfg   config.Config
-	log   *slog.Logger
-	tel   *telemetry.Telemetry
-	pool  *pgxpool.Pool
-	rdb   goredis.UniversalClient
-	cache *cache.Cache
-	db    *samples.PGStore
-}
-
-func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, deps) error) error {
+// withDeps loads the configuration, sets up logging and telemetry, assembles the service and
+// runs fn with it; everything is closed in reverse order when fn returns.
+func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, *service.Service, *telemetry.Telemetry) error) error {
 	cfg, err := config.Load()
 	if err != nil {
 		return err
@@ -138,75 +121,36 @@ func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, de
 	}()
 	log.Info("telemetry", "tracing", tel.TracingEnabled)
 
-	pool, err := postgres.Open(ctx, postgres.Options{
-		URL: cfg.DatabaseURL, MaxConns: cfg.DatabaseMaxConns, ConnectTimeout: cfg.DatabaseConnectTimeout,
-		// Query text without parameter values; spans only inside a request's trace.
-		Tracer: otelpgx.NewTracer(),
-	})
+	svc, err := service.Open(ctx, cfg, log)
 	if err != nil {
-		return fmt.Errorf("opening postgres: %w", err)
+		return err
 	}
-	defer pool.Close()
-	if err := otelpgx.RecordStats(pool); err != nil {
-		return fmt.Errorf("instrumenting postgres pool: %w", err)
-	}
-
-	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Mode: cfg.RedisMode, Timeout: cfg.RedisTimeout, PoolSize: cfg.RedisPoolSize})
-	if err != nil {
-		return fmt.Errorf("opening redis: %w", err)
-	}
-	defer rdb.Close()
-	// Without WithDBStatement(false) redisotel records whole commands, cached bodies included.
-	if err := redisotel.InstrumentTracing(rdb,
-		redisotel.WithTracerProvider(telemetry.ChildSpansOnly(otel.GetTracerProvider())),
-		redisotel.WithDBStatement(false), redisotel.WithCallerEnabled(false),
-	); err != nil {
-		return fmt.Errorf("instrumenting redis: %w", err)
-	}
-	if err := redisotel.InstrumentMetrics(rdb); err != nil {
-		return fmt.Errorf("instrumenting redis pool: %w", err)
-	}
-
-	c := cache.New(rdb, cache.Options{
-		Prefix:          cfg.CacheKeyPrefix + ":" + samples.PayloadVersion,
-		TTL:             cfg.CacheTTL,
-		Jitter:          cfg.CacheTTLJitter,
-		NegativeTTL:     cfg.CacheNegativeTTL,
-		OpTimeout:       cfg.RedisTimeout,
-		LoadTimeout:     cfg.DatabaseTimeout,
-		BreakerFailures: cfg.CacheBreakerFailures,
-		BreakerCooldown: cfg.CacheBreakerCooldown,
-		Compress:        cfg.CacheCompression == "gzip",
-		Local:           cfg.CacheLocalEnabled,
-		LocalTTL:        cfg.CacheLocalTTL,
-		LocalMaxBytes:   cfg.CacheLocalMaxBytes,
-		Logger:          log,
-	})
-	defer c.Close()
-	return fn(ctx, deps{cfg: cfg, log: log, tel: tel, pool: pool, rdb: rdb, cache: c, db: samples.NewPGStore(pool, cfg.DatabaseTimeout)})
+	// SHUTDOWN_TIMEOUT runs from the signal: requests drain within it (httpapi.Serve), then the
+	// cache delivers what invalidations are still pending within what is left.
+	signalled := make(chan time.Time, 1)
+	stopWatching := context.AfterFunc(ctx, func() { signalled <- time.Now() })
+	defer func() {
+		began := time.Now()
+		if !stopWatching() {
+			began = <-signalled
+		}
+		cctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), began.Add(cfg.ShutdownTimeout))
+		defer cancel()
+		svc.Close(cctx)
+	}()
+	return fn(ctx, svc, tel)
 }
 
 // serve runs the HTTP API until ctx is cancelled (SIGINT/SIGTERM); in-flight requests finish
-// within SHUTDOWN_TIMEOUT before the pools close (the deferred closes in withDeps).
-func serve(ctx context.Context, d deps) error {
-	if d.cfg.MigrateOnStart {
-		if err := postgres.Migrate(ctx, d.pool); err != nil {
+// within SHUTDOWN_TIMEOUT before the service is closed (the deferred close in withDeps).
+func serve(ctx context.Context, svc *service.Service, tel *telemetry.Telemetry) error {
+	if svc.Config.MigrateOnStart {
+		if err := postgres.Migrate(ctx, svc.Pool); err != nil {
 			return fmt.Errorf("migrating on start: %w", err)
 		}
-		d.log.Info("migrations applied")
+		svc.Log.Info("migrations applied")
 	}
-
-	router := httpapi.NewRouter(httpapi.Deps{
-		Log:           d.log,
-		Direct:        d.db,
-		Cached:        samples.NewCachedStore(d.db, d.cache),
-		PostgresReady: d.pool.Ping,
-		RedisHealth:   d.cache.Health,
-		MaxBodyBytes:  d.cfg.HTTPMaxBodyBytes,
-		RetryAfter:    d.cfg.CacheBreakerCooldown,
-		Metrics:       d.tel.Metrics,
-	})
-	return httpapi.Serve(ctx, d.log, d.cfg, router)
+	return httpapi.Serve(ctx, svc.Log, svc.Config, svc.Handler(tel.Metrics))
 }
 
 func seedCommand(ctx context.Context, args []string, stderr io.Writer) error {
@@ -221,26 +165,26 @@ func seedCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if *n < 0 || *n > 10_000_000 {
 		return usageError{"seed: -n must be between 0 and 10000000"}
 	}
-	return withDeps(ctx, stderr, func(ctx context.Context, d deps) error {
+	return withDeps(ctx, stderr, func(ctx context.Context, svc *service.Service, _ *telemetry.Telemetry) error {
 		if *ifEmpty && !*replace {
-			count, err := d.db.Count(ctx)
+			count, err := svc.Samples.Count(ctx)
 			if err != nil {
 				return err
 			}
 			if count > 0 {
-				d.log.Info("seed skipped: samples exist", "count", count)
+				svc.Log.Info("seed skipped: samples exist", "count", count)
 				return nil
 			}
 		}
-		total, err := d.db.Seed(ctx, *n, *replace)
+		total, err := svc.Samples.Seed(ctx, *n, *replace)
 		if err != nil {
 			return err
 		}
-		d.log.Info("seeded", "inserted", *n, "total", total)
+		svc.Log.Info("seeded", "inserted", *n, "total", total)
 		// The rows changed behind the cache's back: retire its views, or /cache would serve the
 		// old list until the TTL. A seed that cannot reach Redis says so rather than fail.
-		if err := samples.NewCachedStore(d.db, d.cache).InvalidateAll(ctx); err != nil {
-			d.log.Warn("could not retire cached views; they expire within CACHE_TTL", "err", err)
+		if err := svc.Cached.InvalidateAll(ctx); err != nil {
+			svc.Log.Warn("could not retire cached views; they expire within CACHE_TTL", "err", err)
 		}
 		return nil
 	})

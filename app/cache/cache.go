@@ -1,5 +1,6 @@
 // Package cache is a cache-aside tier over Redis that never serves data older than a write that
-// has returned, collapses concurrent misses into one load, and fails open when Redis is sick.
+// has returned, collapses concurrent reads into one lookup and one load, and fails open when
+// Redis is sick.
 //
 // # Why generations
 //
@@ -19,8 +20,14 @@
 // already retired; any read that starts after the write returned sees the new token and misses
 // or hits a value loaded after the commit. Random tokens (not counters) keep this true when
 // Redis evicts or loses a generation key: a recreated token never matches an old value.
-// Concurrent misses share one load per key AND generation (singleflight), so a read that starts
-// after a write never joins a load that started before it.
+//
+// # One lookup and one load per storm
+//
+// Concurrent reads of a key share rounds (rounds.go): a read joins only a round that has not
+// started, so it is never answered by work that began before it, and a storm of any size costs
+// two lookups and one load. Redis operations are bounded to what the client's connection pool
+// holds, so no operation waits for a connection inside its own time budget: waiting behind this
+// process's own traffic is not Redis failing, and never counts against the circuit breaker.
 //
 // # Tiers and encoding
 //
@@ -33,8 +40,9 @@
 //
 // Every Redis call is bounded by a timeout and goes through a circuit breaker: after a run of
 // failures the cache is skipped (BYPASS, served by the loader) for a cool-down, then one probe
-// decides. If a write cannot reach Redis to retire a generation, the key is remembered and this
-// process bypasses the cache until that invalidation has been delivered.
+// decides. A write retries its invalidation for Options.InvalidationTimeout; if Redis still has
+// not taken it, the keys stay pending (pending.go): this process bypasses the cache for them
+// and redelivers in the background, and Close makes a last attempt.
 package cache
 
 import (
@@ -45,6 +53,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,7 +68,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
-	"golang.org/x/sync/singleflight"
+	"golang.org/x/sync/semaphore"
 )
 
 // Outcome says how a read was served; it is also the X-Cache response header.
@@ -88,9 +98,10 @@ type Result struct {
 	Found    bool   // false when the loader said ErrNotFound (now or when cached)
 	Outcome  Outcome
 	Tier     string // on a hit, which tier answered: "local" or "redis"
-	Shared   bool   // a miss served by another request's load
+	Shared   bool   // a miss or bypass served by another request's load
 
 	loadSpan trace.SpanContext // the load that produced a miss, linked from the traces of sharers
+	bypass   string            // why Redis was not used, on a bypass
 }
 
 // Options configures a Cache. Zero durations are not defaults: the caller passes config values.
@@ -103,30 +114,41 @@ type Options struct {
 	LoadTimeout     time.Duration // bound of one shared load (it outlives the request that started it)
 	BreakerFailures uint32        // consecutive failures that open the breaker
 	BreakerCooldown time.Duration // how long the cache is skipped once open
-	Compress        bool          // store values gzip-compressed
-	Local           bool          // keep a near-cache in process (needs Redis pub/sub)
-	LocalTTL        time.Duration // longest life of a near-cache entry
-	LocalMaxBytes   int64         // memory bound of the near-cache
-	Logger          *slog.Logger
+	// InvalidationTimeout is how long a write retries its invalidation before returning with it
+	// deferred. Within it a Redis blip costs the write time, not other replicas' freshness.
+	InvalidationTimeout time.Duration
+	// WaitReplicas, when above zero, makes an invalidation count as delivered only once that
+	// many Redis replicas acknowledge it (WAIT), so a failover to one of them cannot bring the
+	// retired generation back.
+	WaitReplicas  int
+	Compress      bool          // store values gzip-compressed
+	Local         bool          // keep a near-cache in process (needs Redis pub/sub)
+	LocalTTL      time.Duration // longest life of a near-cache entry
+	LocalMaxBytes int64         // memory bound of the near-cache
+	Logger        *slog.Logger
 }
 
 // Cache is safe for concurrent use.
 type Cache struct {
 	rdb     redis.UniversalClient
-	o       Options
+	opts    Options
 	genTTL  time.Duration
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
-	flights singleflight.Group
+	failed  atomic.Int64        // when the last failure the breaker counted was seen (UnixNano)
+	slots   *semaphore.Weighted // Redis operations in flight, at most the pool's size
+	reads   rounds              // shared lookups
+	loads   flights             // shared loads
+	pending *pending
 	tracer  trace.Tracer
 	lookups metric.Int64Counter
+	sourced metric.Int64Counter
 
-	mu       sync.Mutex
-	pending  map[Key]struct{} // invalidations Redis has not acknowledged yet
-	npending atomic.Int32
-
-	local     *local // nil when off
-	stopLocal context.CancelFunc
-	localDone chan struct{}
+	near      *local // nil when off
+	stopNear  context.CancelFunc
+	nearDone  chan struct{}
+	stopRedo  context.CancelFunc
+	redoDone  chan struct{}
+	closeOnce sync.Once
 }
 
 // A stored value is gen | kind | encoding | etag | body.
@@ -140,83 +162,128 @@ const (
 	encIdent  = 'i'
 )
 
-// New returns a Cache over rdb.
+// New returns a Cache over rdb. Close it before closing rdb.
 func New(rdb redis.UniversalClient, o Options) *Cache {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	c := &Cache{
-		rdb: rdb,
-		o:   o,
+		rdb:  rdb,
+		opts: o,
 		// A generation must outlive every value stored under it, or the value turns into a miss
 		// early. Losing one early is safe (see package doc), so this bound only saves work.
-		genTTL:  2 * max(time.Duration(float64(o.TTL)*(1+o.Jitter)), o.NegativeTTL),
-		pending: make(map[Key]struct{}),
+		genTTL: 2 * max(time.Duration(float64(o.TTL)*(1+o.Jitter)), o.NegativeTTL),
+		// Two connections stay free for health pings and the invalidations of writes.
+		slots:   semaphore.NewWeighted(int64(max(1, poolSize(rdb)-2))),
+		pending: newPending(),
 		tracer:  otel.Tracer("github.com/cacheside/cacheside/app/cache"),
-	}
-	meter := otel.Meter("github.com/cacheside/cacheside/app/cache")
-	c.lookups, _ = meter.Int64Counter("cacheside.cache.lookups",
-		metric.WithDescription("Cache lookups by outcome (hit, miss, bypass), keyspace and tier."))
-	_, _ = meter.Int64ObservableGauge("cacheside.cache.breaker.state",
-		metric.WithDescription("Redis circuit breaker: 0 closed, 1 half-open, 2 open."),
-		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
-			o.Observe(int64(c.breaker.State()))
-			return nil
-		}))
-	_, _ = meter.Int64ObservableGauge("cacheside.cache.invalidations.pending",
-		metric.WithDescription("Invalidations Redis has not taken yet; the cache is bypassed meanwhile."),
-		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
-			o.Observe(int64(c.npending.Load()))
-			return nil
-		}))
-	if o.Local {
-		c.local = newLocal(o.Prefix, o.LocalTTL, o.LocalMaxBytes, o.Logger)
-		ctx, cancel := context.WithCancel(context.Background())
-		ps := rdb.Subscribe(ctx, c.local.channel)
-		c.localDone = make(chan struct{})
-		// Cancelling does not interrupt a blocked receive; closing the subscription does.
-		c.stopLocal = func() { cancel(); _ = ps.Close() }
-		go func() {
-			defer close(c.localDone)
-			c.local.listen(ctx, ps)
-		}()
 	}
 	c.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "redis",
 		MaxRequests: 1, // half-open: one probe decides
 		Timeout:     o.BreakerCooldown,
 		ReadyToTrip: func(n gobreaker.Counts) bool { return n.ConsecutiveFailures >= o.BreakerFailures },
-		// A client that hung up is not Redis's fault.
-		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
+		IsExcluded:  func(err error) bool { return errors.Is(err, errSameFault) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			o.Logger.Warn("redis circuit breaker", "from", from.String(), "to", to.String())
 		},
 	})
+
+	meter := otel.Meter("github.com/cacheside/cacheside/app/cache")
+	c.lookups, _ = meter.Int64Counter("cacheside.cache.lookups",
+		metric.WithDescription("Cache lookups by outcome (hit, miss, bypass), keyspace and tier."))
+	c.sourced, _ = meter.Int64Counter("cacheside.cache.loads",
+		metric.WithDescription("Reads of the source of truth on a miss or bypass, by keyspace and result (found, not_found, error); one per shared load."))
+	_, _ = meter.Int64ObservableGauge("cacheside.cache.breaker.state",
+		metric.WithDescription("Redis circuit breaker: 0 closed, 1 half-open, 2 open."),
+		metric.WithInt64Callback(func(_ context.Context, obs metric.Int64Observer) error {
+			obs.Observe(int64(c.breaker.State()))
+			return nil
+		}))
+	_, _ = meter.Int64ObservableGauge("cacheside.cache.invalidations.pending",
+		metric.WithDescription("Invalidations Redis has not taken yet; their keys bypass the cache meanwhile."),
+		metric.WithInt64Callback(func(_ context.Context, obs metric.Int64Observer) error {
+			obs.Observe(int64(c.pending.undeliveredCount()))
+			return nil
+		}))
+
+	if o.Local {
+		c.near = newLocal(o.Prefix, o.LocalTTL, o.LocalMaxBytes, o.Logger)
+		ctx, cancel := context.WithCancel(context.Background())
+		ps := rdb.Subscribe(ctx, c.near.channel)
+		c.nearDone = make(chan struct{})
+		// Cancelling does not interrupt a blocked receive; closing the subscription does.
+		c.stopNear = func() { cancel(); _ = ps.Close() }
+		go func() {
+			defer close(c.nearDone)
+			c.near.listen(ctx, ps)
+		}()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stopRedo, c.redoDone = cancel, make(chan struct{})
+	go func() {
+		defer close(c.redoDone)
+		c.redeliver(ctx)
+	}()
 	return c
 }
 
-// Close stops the near-cache's subscription. The Redis client is the caller's to close, after.
-func (c *Cache) Close() {
-	if c.stopLocal != nil {
-		c.stopLocal()
-		<-c.localDone
+// poolSize is how many connections the client keeps per Redis node: how many operations can be
+// in flight without one waiting for a connection.
+func poolSize(rdb redis.UniversalClient) int {
+	n := 0
+	switch r := rdb.(type) {
+	case *redis.Client:
+		n = r.Options().PoolSize
+	case *redis.ClusterClient:
+		n = r.Options().PoolSize
 	}
+	if n <= 0 {
+		n = 10 * runtime.GOMAXPROCS(0) // go-redis's default
+	}
+	return n
 }
 
-func (c *Cache) genKey(k Key) string { return c.o.Prefix + ":{" + k.Space + ":" + k.ID + "}:g" }
+// Close delivers what invalidations are still pending, trying until ctx ends, logs any it could
+// not deliver, and stops the background work. The Redis client is the caller's to close, after.
+func (c *Cache) Close(ctx context.Context) {
+	c.closeOnce.Do(func() {
+		c.stopRedo()
+		<-c.redoDone
+		for f := c.pending.failed(); !f.empty(); f = c.pending.failed() {
+			if err := c.deliver(ctx, f); err == nil {
+				continue
+			}
+			select {
+			case <-ctx.Done():
+				f = c.pending.failed()
+				c.opts.Logger.Warn("cache invalidations not delivered at shutdown; other replicas may serve the old views until they expire",
+					"keys", len(f.keys), "spaces", f.spaces, "sample", sampleKeys(f.keys, 10), "ttl", c.opts.TTL.String())
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if c.stopNear != nil {
+			c.stopNear()
+			<-c.nearDone
+		}
+	})
+}
+
+func (c *Cache) genKey(k Key) string { return c.opts.Prefix + ":{" + k.Space + ":" + k.ID + "}:g" }
 
 // valKey shares genKey's hash tag, so both live in one Cluster slot and one MGET reads both.
-func (c *Cache) valKey(k Key) string { return c.o.Prefix + ":{" + k.Space + ":" + k.ID + "}:v" }
+func (c *Cache) valKey(k Key) string { return c.opts.Prefix + ":{" + k.Space + ":" + k.ID + "}:v" }
 
-// Fetch serves k from Redis, or loads it with load and stores it. An error is the loader's (or
-// the caller's context); Redis trouble never surfaces as an error, only as Outcome Bypass.
+// Fetch serves k from the cache, or loads it with load and stores it. An error is the loader's
+// (or the caller's context); Redis trouble never surfaces as an error, only as Outcome Bypass.
 func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (Result, error) {
 	ctx, span := c.tracer.Start(ctx, "cache.get "+k.Space, trace.WithAttributes(
 		attribute.String("cache.key", c.valKey(Key{Space: k.Space, ID: "*"})),
 	))
 	defer span.End()
 
-	res, err := c.fetch(ctx, span, k, load)
+	res, err := c.fetch(ctx, k, load)
 	tier := res.Tier
 	if tier == "" {
 		tier = "redis" // misses and bypasses are decided at the Redis tier
@@ -227,12 +294,16 @@ func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (Result, error) {
 		attribute.String("cache.tier", tier),
 		attribute.Int("cache.item_size", len(res.Body)),
 	)
+	if res.Outcome == Bypass {
+		span.AddEvent("cache.bypass", trace.WithAttributes(attribute.String("reason", res.bypass)))
+		span.SetStatus(codes.Error, "redis unavailable: served from source")
+	}
 	if res.Outcome == Miss {
 		span.SetAttributes(attribute.Bool("cache.shared_load", res.Shared))
-		if res.Shared && res.loadSpan.IsValid() {
-			// The load ran in another request's trace; point to it.
-			span.AddLink(trace.Link{SpanContext: res.loadSpan, Attributes: []attribute.KeyValue{attribute.String("cache.link", "shared load")}})
-		}
+	}
+	if res.Shared && res.loadSpan.IsValid() {
+		// The load ran in another request's trace; point to it.
+		span.AddLink(trace.Link{SpanContext: res.loadSpan, Attributes: []attribute.KeyValue{attribute.String("cache.link", "shared load")}})
 	}
 	c.lookups.Add(ctx, 1, metric.WithAttributes(
 		attribute.String("cache.outcome", strings.ToLower(string(res.Outcome))),
@@ -246,90 +317,114 @@ func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (Result, error) {
 	return res, err
 }
 
-func (c *Cache) fetch(ctx context.Context, span trace.Span, k Key, load Loader) (Result, error) {
+func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (Result, error) {
 	vk := c.valKey(k)
-	var version uint64
-	if c.local != nil && c.npending.Load() == 0 {
-		if e, ok := c.local.get(vk); ok {
+	if c.near != nil && !c.pending.has(k) {
+		if e, ok := c.near.get(vk); ok {
 			return e.result(Hit, "local"), nil
 		}
-		version = c.local.version(vk) // noted before Redis is asked: see local.store
+	}
+	r, joined := c.reads.join(ctx, vk, func(ctx context.Context) looked { return c.look(ctx, k, load) })
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		return Result{Outcome: Miss}, ctx.Err()
+	}
+	if r.res.hit != nil {
+		return *r.res.hit, nil
+	}
+	fl := r.res.flight
+	fl.waiters.Add(1)
+	defer fl.waiters.Add(-1)
+	select {
+	case <-fl.done:
+	case <-ctx.Done():
+		return Result{Outcome: Miss}, ctx.Err()
+	}
+	res := fl.res
+	res.Shared = joined || !r.res.started
+	return res, fl.err
+}
+
+// look is one round: the lookup in Redis, and on a miss the flight that loads the value. It
+// runs detached from the requests waiting on it.
+func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
+	bypass := func(why error) looked {
+		fl, _ := c.loads.attach(ctx, "", func(ctx context.Context) (Result, error) { return c.bypass(ctx, k, load, why) })
+		return looked{flight: fl, started: true}
+	}
+	if c.pending.has(k) {
+		return bypass(errPending)
+	}
+	vk := c.valKey(k)
+	var version uint64
+	if c.near != nil {
+		version = c.near.version(vk) // noted before Redis is asked: see local.store
 	}
 	gen, cached, err := c.lookup(ctx, k)
 	if err != nil {
-		span.AddEvent("cache.bypass", trace.WithAttributes(attribute.String("reason", err.Error())))
-		span.SetStatus(codes.Error, "redis unavailable: served from source")
-		raw, found, _, err := c.runLoad(ctx, k, load)
-		if err != nil {
-			return Result{Outcome: Bypass}, err
-		}
-		e := entry{found: found, body: raw}
-		if found {
-			e.etag = Fingerprint(raw)
-		}
-		return e.result(Bypass, ""), nil
+		return bypass(err)
 	}
 	if cached != nil {
-		if c.local != nil {
-			c.local.store(vk, version, *cached)
+		if c.near != nil {
+			c.near.store(vk, version, *cached)
 		}
-		return cached.result(Hit, "redis"), nil
+		res := cached.result(Hit, "redis")
+		return looked{hit: &res}
 	}
-
-	// Keyed by generation: a read that began after a write sees a new generation and so never
-	// shares a load that began before the write.
-	ch := c.flights.DoChan(c.valKey(k)+"@"+gen, func() (any, error) {
-		// The load belongs to every waiter, not to the request that happened to start it: if
-		// that request is cancelled, the others must still get their answer.
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.LoadTimeout)
-		defer cancel()
-		// A flight that finished between our lookup and this one starting has stored the value:
-		// look again rather than load twice.
-		if again, hit, err := c.lookup(lctx, k); err == nil && hit != nil && again == gen {
-			return hit.result(Hit, "redis"), nil
-		}
-		raw, found, loadSpan, err := c.runLoad(lctx, k, load)
+	fl, started := c.loads.attach(ctx, vk+"@"+gen, func(ctx context.Context) (Result, error) {
+		raw, found, loadSpan, err := c.runLoad(ctx, k, load)
 		if err != nil {
-			return nil, err
+			return Result{Outcome: Miss}, err
 		}
 		e := c.encode(found, raw)
-		c.store(lctx, k, gen, e)
+		c.store(ctx, k, gen, e)
+		if c.near != nil {
+			c.near.store(vk, version, e)
+		}
 		res := e.result(Miss, "")
 		res.loadSpan = loadSpan
 		return res, nil
 	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return Result{Outcome: Miss, Shared: r.Shared}, r.Err
-		}
-		res := r.Val.(Result)
-		res.Shared = r.Shared
-		if c.local != nil {
-			c.local.store(vk, version, entry{found: res.Found, encoding: res.Encoding, etag: res.ETag, body: res.Body})
-		}
-		return res, nil
-	case <-ctx.Done():
-		return Result{Outcome: Miss}, ctx.Err()
-	}
+	return looked{flight: fl, started: started}
 }
 
-// runLoad calls the loader in a child span and turns ErrNotFound into found=false. A panic in a
-// singleflight DoChan function would crash the process from another goroutine, so it becomes an
-// error here instead.
+// bypass serves a read from the source without the cache, because of why.
+func (c *Cache) bypass(ctx context.Context, k Key, load Loader, why error) (Result, error) {
+	raw, found, loadSpan, err := c.runLoad(ctx, k, load)
+	res := Result{Outcome: Bypass}
+	if err == nil {
+		e := entry{found: found, body: raw}
+		if found {
+			e.etag = Fingerprint(raw)
+		}
+		res = e.result(Bypass, "")
+	}
+	res.bypass, res.loadSpan = why.Error(), loadSpan
+	return res, err
+}
+
+// runLoad calls the loader in a child span, bounded by the load timeout, and turns ErrNotFound
+// into found=false. A panic here would crash the process from a round's goroutine, so it
+// becomes an error carrying the panic's stack.
 func (c *Cache) runLoad(ctx context.Context, k Key, load Loader) (body []byte, found bool, sc trace.SpanContext, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.LoadTimeout)
+	defer cancel()
 	ctx, span := c.tracer.Start(ctx, "cache.load "+k.Space)
 	defer span.End()
 	sc = span.SpanContext()
+	result := "error"
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("cache loader panicked: %v", p)
+			err = fmt.Errorf("cache loader panicked: %v\n%s", p, debug.Stack())
 			span.SetStatus(codes.Error, "loader panicked")
 		}
+		c.sourced.Add(ctx, 1, metric.WithAttributes(attribute.String("cache.keyspace", k.Space), attribute.String("result", result)))
 	}()
 	body, err = load(ctx)
 	switch {
 	case errors.Is(err, ErrNotFound):
+		result = "not_found"
 		span.SetAttributes(attribute.Bool("cache.found", false))
 		return nil, false, sc, nil
 	case err != nil:
@@ -337,21 +432,20 @@ func (c *Cache) runLoad(ctx context.Context, k Key, load Loader) (body []byte, f
 		span.SetStatus(codes.Error, "load failed")
 		return nil, false, sc, err
 	}
+	result = "found"
 	return body, true, sc, nil
 }
 
-// Reasons, besides a Redis error, that a request bypasses the cache.
+// Reasons, besides a Redis error, that a read bypasses the cache.
 var (
 	errBreakerOpen = errors.New("circuit breaker open")
-	errPending     = errors.New("undelivered invalidations")
+	errPending     = errors.New("an invalidation of this key is not confirmed")
+	errSaturated   = errors.New("no Redis connection free within the timeout")
 )
 
 // lookup returns the current generation and, on a hit, the cached entry. An error means Redis
-// is unusable for this request (the caller bypasses it).
+// is unusable for this read (the caller bypasses it).
 func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *entry, err error) {
-	if c.npending.Load() > 0 && !c.flushPending(ctx) {
-		return "", nil, errPending
-	}
 	err = c.call(ctx, func(ctx context.Context) error {
 		vals, err := c.rdb.MGet(ctx, c.genKey(k), c.valKey(k)).Result()
 		if err != nil {
@@ -385,9 +479,9 @@ func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *entry, err 
 // store saves a loaded value under the generation it was loaded for. Best effort: a failure only
 // costs a later miss (and counts against the breaker).
 func (c *Cache) store(ctx context.Context, k Key, gen string, e entry) {
-	ttl, kind, enc := c.o.NegativeTTL, byte(kindGone), byte(encIdent)
+	ttl, kind, enc := c.opts.NegativeTTL, byte(kindGone), byte(encIdent)
 	if e.found {
-		ttl, kind = c.o.TTL, kindFound
+		ttl, kind = c.opts.TTL, kindFound
 	}
 	if e.encoding == "gzip" {
 		enc = encGzip
@@ -408,129 +502,65 @@ func (c *Cache) store(ctx context.Context, k Key, gen string, e entry) {
 		return err
 	})
 	if err != nil {
-		c.o.Logger.Debug("cache store failed", "space", k.Space, "err", err)
+		c.opts.Logger.DebugContext(ctx, "cache store failed", "space", k.Space, "err", err)
 	}
 }
 
-// Invalidate retires the current generation of each key. Call it after the database commit. If
-// Redis cannot be told, the keys are kept and this process bypasses the cache until they are
-// delivered; the error is returned for logging, the write itself has succeeded.
-func (c *Cache) Invalidate(ctx context.Context, keys ...Key) error {
-	ctx, span := c.tracer.Start(ctx, "cache.invalidate", trace.WithAttributes(attribute.Int("cache.keys", len(keys))))
-	defer span.End()
-	// Invalidations run even if the breaker is open: skipping one is what would serve stale data.
-	err := c.invalidate(ctx, keys)
-	// Only now, after Redis holds the new generations, does this process drop its own entries: a
-	// local lookup in between could otherwise fetch the old value from Redis and keep it here
-	// after this write returns. Its store is refused (the version moves) or its entry dropped.
-	if c.local != nil {
-		names := make([]string, len(keys))
-		for i, k := range keys {
-			names[i] = c.valKey(k)
-		}
-		c.local.invalidate(names...)
-	}
-	if err != nil {
-		c.mu.Lock()
-		for _, k := range keys {
-			c.pending[k] = struct{}{}
-		}
-		c.npending.Store(int32(len(c.pending)))
-		c.mu.Unlock()
-		span.RecordError(err)
-		span.SetStatus(codes.Error, "invalidation deferred")
-		c.o.Logger.Warn("cache invalidation deferred; bypassing the cache until Redis takes it", "keys", len(keys), "err", err)
-	}
-	return err
-}
-
-func (c *Cache) invalidate(ctx context.Context, keys []Key) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.OpTimeout)
-	defer cancel()
-	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		names := make([]string, 0, len(keys))
-		for _, k := range keys {
-			p.Set(ctx, c.genKey(k), newToken(), c.genTTL)
-			p.Del(ctx, c.valKey(k)) // not needed for correctness; frees memory at once
-			names = append(names, c.valKey(k))
-		}
-		if c.local != nil {
-			// After the generations: a process that drops its entry and asks Redis again must
-			// find the new generation.
-			p.Publish(ctx, c.local.channel, strings.Join(names, " "))
-		}
-		return nil
-	})
-	return err
-}
-
-// InvalidateSpace retires every key of a space, for bulk changes such as seeding. It scans the
-// generation keys (on every master in Cluster mode), so it is for rare administrative use.
-func (c *Cache) InvalidateSpace(ctx context.Context, space string) error {
-	pattern := c.o.Prefix + ":{" + space + ":*}:g"
-	scan := func(ctx context.Context, rdb redis.UniversalClient) error {
-		it := rdb.Scan(ctx, 0, pattern, 500).Iterator()
-		for it.Next(ctx) {
-			if err := rdb.Set(ctx, it.Val(), newToken(), c.genTTL).Err(); err != nil {
-				return err
-			}
-		}
-		return it.Err()
-	}
-	var err error
-	if cc, ok := c.rdb.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return scan(ctx, node) })
-	} else {
-		err = scan(ctx, c.rdb)
-	}
-	if err != nil {
-		return err
-	}
-	if c.local != nil {
-		c.local.flush()
-		return c.rdb.Publish(ctx, c.local.channel, flushAll).Err()
-	}
-	return nil
-}
-
-// flushPending delivers deferred invalidations; it reports whether none are left.
-func (c *Cache) flushPending(ctx context.Context) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.pending) == 0 {
-		return true
-	}
-	keys := make([]Key, 0, len(c.pending))
-	for k := range c.pending {
-		keys = append(keys, k)
-	}
-	if err := c.call(ctx, func(ctx context.Context) error { return c.invalidate(ctx, keys) }); err != nil {
-		return false
-	}
-	clear(c.pending)
-	c.npending.Store(0)
-	c.o.Logger.Info("deferred cache invalidations delivered", "keys", len(keys))
-	return true
-}
-
-// call runs one Redis operation through the breaker with the per-operation timeout.
+// call runs one Redis operation: it waits for a free connection slot (at most OpTimeout, and
+// outside the operation's own budget), asks the breaker, then gives the operation OpTimeout.
+// With no more operations in flight than the pool holds connections, none waits for one inside
+// its budget, so a timeout means Redis did not answer; waiting for a slot is this process's own
+// saturation and never reaches the breaker (the read bypasses instead).
 func (c *Cache) call(ctx context.Context, op func(context.Context) error) error {
+	wctx, cancel := context.WithTimeout(ctx, c.opts.OpTimeout)
+	err := c.slots.Acquire(wctx, 1)
+	cancel()
+	if err != nil {
+		return errSaturated
+	}
+	defer c.slots.Release(1)
 	done, err := c.breaker.Allow()
 	if err != nil {
 		return errBreakerOpen
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.o.OpTimeout)
+	octx, cancel := context.WithTimeout(ctx, c.opts.OpTimeout)
 	defer cancel()
-	err = op(ctx)
+	began := time.Now().UnixNano()
+	err = op(octx)
+	if err != nil && !c.newFault(began) {
+		done(fmt.Errorf("%w: %w", errSameFault, err))
+		return err
+	}
 	done(err)
 	return err
 }
 
+// errSameFault marks a failure the breaker does not count again: see newFault.
+var errSameFault = errors.New("an operation in flight when an earlier failure was seen")
+
+// newFault reports whether a failed operation that began at began is new evidence about Redis:
+// it began after the last counted failure was seen. Operations in flight together fail together
+// when Redis (or this process) stalls once; counting each would let a single stall seen by a
+// few concurrent requests pass for a run of failures and open the breaker. So the breaker
+// counts failures in series, and a hung Redis still trips it after CACHE_BREAKER_FAILURES
+// timeouts in a row.
+func (c *Cache) newFault(began int64) bool {
+	for {
+		last := c.failed.Load()
+		if began <= last {
+			return false
+		}
+		if c.failed.CompareAndSwap(last, time.Now().UnixNano()) {
+			return true
+		}
+	}
+}
+
 func (c *Cache) jitter(ttl time.Duration) time.Duration {
-	if c.o.Jitter <= 0 {
+	if c.opts.Jitter <= 0 {
 		return ttl
 	}
-	return ttl + time.Duration(rand.Float64()*c.o.Jitter*float64(ttl))
+	return ttl + time.Duration(rand.Float64()*c.opts.Jitter*float64(ttl))
 }
 
 // Health is the Redis state as /readyz reports it.
@@ -544,12 +574,12 @@ type Health struct {
 
 // Health pings Redis directly (not through the breaker, which may be open).
 func (c *Cache) Health(ctx context.Context) Health {
-	ctx, cancel := context.WithTimeout(ctx, c.o.OpTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.opts.OpTimeout)
 	defer cancel()
-	h := Health{Status: "up", Breaker: c.breaker.State().String(), Pending: int(c.npending.Load()), Local: "off"}
-	if c.local != nil {
+	h := Health{Status: "up", Breaker: c.breaker.State().String(), Pending: c.pending.undeliveredCount(), Local: "off"}
+	if c.near != nil {
 		h.Local = "down"
-		if c.local.live.Load() {
+		if c.near.live.Load() {
 			h.Local = "live"
 		}
 	}
@@ -574,7 +604,7 @@ func (c *Cache) encode(found bool, raw []byte) entry {
 		return entry{}
 	}
 	e := entry{found: true, etag: Fingerprint(raw), body: raw}
-	if c.o.Compress {
+	if c.opts.Compress {
 		e.body, e.encoding = gzipBytes(raw), "gzip"
 	}
 	return e
@@ -608,4 +638,12 @@ func Fingerprint(b []byte) string {
 	var buf [8]byte
 	binary.BigEndian.PutUint64(buf[:], xxhash.Sum64(b))
 	return hex.EncodeToString(buf[:])
+}
+
+func sampleKeys(keys []Key, n int) []string {
+	out := make([]string, 0, min(n, len(keys)))
+	for _, k := range keys[:min(n, len(keys))] {
+		out = append(out, k.Space+":"+k.ID)
+	}
+	return out
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +17,7 @@ import (
 	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/internal/testenv"
 	"github.com/cacheside/cacheside/app/platform/redisclient"
+	"github.com/cacheside/cacheside/app/service"
 )
 
 func options(prefix string) cache.Options {
@@ -316,63 +319,167 @@ func (rc *redisCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 	return func(ctx context.Context, cmds []redis.Cmder) error { rc.add(cmds...); return next(ctx, cmds) }
 }
 
-// TestConcurrentMissesShareOneLoad holds the load until every caller has looked in Redis and
-// missed, so without collapsing each of them would load.
-func TestConcurrentMissesShareOneLoad(t *testing.T) {
-	const callers = 1000 // the miss storm of the performance goals
-	rdb, prefix := testenv.Redis(t)
-	counter := countCommands(rdb)
-	c := cache.New(rdb, options(prefix))
-	src := &source{value: "v"}
-
-	gate := make(chan struct{})
-	load := func(ctx context.Context) ([]byte, error) {
-		<-gate
-		return src.load(ctx)
+// productionCache is the cache as the service builds it from the default configuration: the
+// production Redis client (pool of 10 per CPU, REDIS_TIMEOUT for pool waits and commands) and
+// the production cache options. overrides are NAME=value settings the test needs.
+func productionCache(t *testing.T, overrides ...string) (*cache.Cache, *redis.Client) {
+	t.Helper()
+	cfg := testenv.Config(t, overrides...)
+	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Mode: cfg.RedisMode, Timeout: cfg.RedisTimeout, PoolSize: cfg.RedisPoolSize})
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { rdb.Close() })
+	c := cache.New(rdb, service.CacheOptions(cfg, slog.Default()))
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c, rdb.(*redis.Client)
+}
+
+// warm waits until the client has dialled its whole pool, as a running service's has: the
+// production client keeps every connection open (redisclient), and a storm should not pay for
+// the dials of a process that has just started.
+func warm(t *testing.T, rdb *redis.Client) {
+	t.Helper()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if st, want := rdb.PoolStats(), rdb.Options().PoolSize; int(st.TotalConns) < want {
+			return fmt.Errorf("%d of %d connections dialled", st.TotalConns, want)
+		}
+		return nil
+	})
+}
+
+// TestConcurrentMissesShareOneLoad is the miss storm of the performance goals, on the production
+// client and cache settings, with one and two CPUs (the Redis pool is 10 per CPU). The load is
+// held until every caller waits on it, so any caller that does not share it (one that gives up
+// on Redis because a breaker opened or a pool timed out, and loads on its own) shows up as a
+// second load. (That lookups are shared, so a storm does not queue for connections, is shown
+// exactly by TestARoundIsSharedByEveryReadThatArrivedWhileTheLastRan.)
+func TestConcurrentMissesShareOneLoad(t *testing.T) {
+	const callers = 1000
+	for _, procs := range []int{1, 2} {
+		t.Run(fmt.Sprintf("GOMAXPROCS=%d", procs), func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+			c, rdb := productionCache(t)
+			warm(t, rdb)
+			counter := countCommands(rdb)
+			src := &source{value: "v"}
+
+			gate := make(chan struct{})
+			load := func(ctx context.Context) ([]byte, error) {
+				<-gate
+				return src.load(ctx)
+			}
+			var wg sync.WaitGroup
+			results := make([]cache.Result, callers)
+			for i := range callers {
+				wg.Go(func() {
+					res, err := c.Fetch(context.Background(), key, load)
+					if err != nil {
+						t.Error(err)
+					}
+					results[i] = res
+				})
+			}
+			testenv.Eventually(t, 30*time.Second, func() error {
+				if n := c.WaitingOnLoad(key); n < callers {
+					return fmt.Errorf("%d of %d callers wait on the load", n, callers)
+				}
+				return nil
+			})
+			close(gate)
+			wg.Wait()
+
+			if n := src.reads.Load(); n != 1 {
+				t.Errorf("%d concurrent misses caused %d loads, want 1", callers, n)
+			}
+			outcomes := map[string]int{}
+			for _, r := range results {
+				if got := gunzip(t, r); got != "v" {
+					t.Fatalf("a caller got %q", got)
+				}
+				outcomes[fmt.Sprintf("%s shared=%v", r.Outcome, r.Shared)]++
+			}
+			if outcomes["MISS shared=false"] != 1 || outcomes["MISS shared=true"] != callers-1 {
+				t.Errorf("outcomes %v, want one MISS that loaded and %d that shared it", outcomes, callers-1)
+			}
+			t.Logf("%d callers, %d lookups (MGET)", callers, counter.get("mget"))
+		})
+	}
+}
+
+// TestAStormAcrossKeysNeverWaitsForAConnection: a thousand reads of different cold keys at once,
+// on the production settings, cannot share lookups. Had they queued for pooled connections, the
+// wait would have eaten each operation's REDIS_TIMEOUT and the timeouts, this process's own
+// saturation, would have opened the circuit breaker. They queue for a slot instead, outside the
+// budget (a read that gets none in time bypasses; on a loaded machine many do), so no operation
+// ever waits for a connection. Each key is loaded exactly once, whatever each read's outcome.
+func TestAStormAcrossKeysNeverWaitsForAConnection(t *testing.T) {
+	const keys = 1000
+	c, rdb := productionCache(t)
+	warm(t, rdb)
+	var loads atomic.Int64
+	load := func(context.Context) ([]byte, error) { loads.Add(1); return []byte("v"), nil }
+	results := make([]cache.Result, keys)
 	var wg sync.WaitGroup
-	results := make([]cache.Result, callers)
-	for i := range callers {
+	for i := range keys {
 		wg.Go(func() {
-			res, err := c.Fetch(context.Background(), key, load)
+			res, err := c.Fetch(context.Background(), cache.Key{Space: "item", ID: fmt.Sprint(i)}, load)
 			if err != nil {
 				t.Error(err)
 			}
 			results[i] = res
 		})
 	}
-	testenv.Eventually(t, 30*time.Second, func() error {
-		// One MGET per caller's lookup, plus the flight's own re-check.
-		if n := counter.get("mget"); n < callers+1 {
-			return fmt.Errorf("%d of %d callers have looked up", n-1, callers)
-		}
-		return nil
-	})
-	close(gate)
 	wg.Wait()
-
-	if n := src.reads.Load(); n != 1 {
-		t.Errorf("%d concurrent misses caused %d loads, want 1", callers, n)
+	if st := rdb.PoolStats(); st.WaitCount != 0 || st.Timeouts != 0 {
+		t.Errorf("operations waited for a pooled connection %d times (%d timed out), want never", st.WaitCount, st.Timeouts)
 	}
-	shared := 0
+	if n := loads.Load(); n != keys {
+		t.Errorf("%d loads for %d keys, want one each", n, keys)
+	}
+	outcomes := map[string]int{}
 	for _, r := range results {
-		if string(r.Body) != "v" {
-			t.Fatalf("a caller got %q", r.Body)
-		}
-		if r.Shared {
-			shared++
-		}
+		outcomes[strings.TrimSpace(string(r.Outcome)+" "+cache.BypassReason(r))]++
 	}
-	// A caller between its lookup and joining may find the flight just finished; its own
-	// flight's re-check then reads the stored value, so it costs no load, only the label.
-	t.Logf("%d of %d callers shared the load; the rest found its stored value", shared, callers)
+	t.Logf("outcomes: %v", outcomes)
+}
+
+// TestOneStallSeenByConcurrentReadsCountsOnce: reads in flight together when Redis freezes all
+// time out together; that is one fault, not a run of them, and must not open the breaker. A
+// Redis that stays frozen opens it once failures follow one another (TestRedisHung...).
+func TestOneStallSeenByConcurrentReadsCountsOnce(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	cfg := testenv.Config(t, "REDIS_URL="+srv.URL())
+	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Timeout: cfg.RedisTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	warm(t, rdb.(*redis.Client))
+	c := cache.New(rdb, service.CacheOptions(cfg, slog.Default()))
+	t.Cleanup(func() { c.Close(context.Background()) })
+
+	srv.Pause()
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Go(func() {
+			res, err := c.Fetch(context.Background(), cache.Key{Space: "item", ID: fmt.Sprint(i)}, func(context.Context) ([]byte, error) { return []byte("v"), nil })
+			if err != nil || res.Outcome != cache.Bypass {
+				t.Errorf("read with Redis frozen: %s %v, want a BYPASS", res.Outcome, err)
+			}
+		})
+	}
+	wg.Wait()
+	srv.Resume()
+	if h := c.Health(context.Background()); h.Breaker != "closed" {
+		t.Errorf("breaker %s after one stall seen by 10 concurrent reads, want closed", h.Breaker)
+	}
 }
 
 // TestCancelledFirstCallerDoesNotFailTheOthers: the request that starts a shared load may go
 // away; those waiting on the same load must still get the value.
 func TestCancelledFirstCallerDoesNotFailTheOthers(t *testing.T) {
 	rdb, prefix := testenv.Redis(t)
-	counter := countCommands(rdb)
 	c := cache.New(rdb, options(prefix))
 
 	gate := make(chan struct{})
@@ -401,8 +508,8 @@ func TestCancelledFirstCallerDoesNotFailTheOthers(t *testing.T) {
 		close(secondDone)
 	}()
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if counter.get("mget") < 3 { // first lookup, first flight's re-check, second lookup
-			return errors.New("second caller has not looked up yet")
+		if c.WaitingOnLoad(key) < 2 {
+			return errors.New("the second caller does not wait on the load yet")
 		}
 		return nil
 	})
@@ -480,23 +587,70 @@ func TestRedisDownServesFromTheSourceAndRecovers(t *testing.T) {
 	}
 }
 
+// TestRedisHungServesFromTheSourceWithinTheTimeout: with Redis frozen (connections open, nothing
+// answered), a read is served from the source after one REDIS_TIMEOUT at most. That bound is
+// checked on what the read did, not on a clock: it sent exactly one command to the frozen
+// server, whose deadline was no more than REDIS_TIMEOUT away when it was sent; nothing else it
+// did can wait on Redis.
 func TestRedisHungServesFromTheSourceWithinTheTimeout(t *testing.T) {
 	srv := testenv.StartRedis(t)
-	rdb := productionClient(t, srv)
-	c := cache.New(rdb, options("t"))
+	cfg := testenv.Config(t, "REDIS_URL="+srv.URL())
+	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Timeout: cfg.RedisTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	warm(t, rdb.(*redis.Client))
+	c := cache.New(rdb, service.CacheOptions(cfg, slog.Default()))
+	t.Cleanup(func() { c.Close(context.Background()) })
 	src := &source{value: "v"}
-	fetch(t, c, src.load) // warm the connection pool
+	fetch(t, c, src.load)
 
+	type sent struct {
+		name   string
+		budget time.Duration // time to its deadline when it was sent
+	}
+	var mu sync.Mutex
+	var frozen []sent
+	recording := false
+	rdb.AddHook(hook{process: func(next redis.ProcessHook) redis.ProcessHook {
+		return func(ctx context.Context, cmd redis.Cmder) error {
+			mu.Lock()
+			if recording {
+				deadline, ok := ctx.Deadline()
+				budget := time.Duration(-1)
+				if ok {
+					budget = time.Until(deadline)
+				}
+				frozen = append(frozen, sent{cmd.Name(), budget})
+			}
+			mu.Unlock()
+			return next(ctx, cmd)
+		}
+	}})
 	srv.Pause()
 	defer srv.Resume()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second) // a hang guard, not a speed check
+	mu.Lock()
+	recording = true
+	mu.Unlock()
+	guard, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a hang guard, not a bound
 	defer cancel()
-	res, err := c.Fetch(ctx, key, src.load)
-	if err != nil || res.Outcome != cache.Bypass || string(res.Body) != "v" {
-		t.Fatalf("read with Redis hung = %s %q %v, want BYPASS v", res.Outcome, res.Body, err)
+	began := time.Now()
+	res, err := c.Fetch(guard, cache.Key{Space: "item", ID: "2"}, src.load)
+	took := time.Since(began)
+	mu.Lock()
+	recording = false
+	mu.Unlock()
+	if err != nil || res.Outcome != cache.Bypass || gunzip(t, res) != "v" {
+		t.Fatalf("read with Redis hung = %s %q %v, want BYPASS v", res.Outcome, gunzip(t, res), err)
 	}
+	if len(frozen) != 1 || frozen[0].budget < 0 || frozen[0].budget > cfg.RedisTimeout {
+		t.Errorf("commands sent to the frozen Redis: %+v, want one with at most REDIS_TIMEOUT (%s) to its deadline", frozen, cfg.RedisTimeout)
+	}
+	t.Logf("served from the source in %s (REDIS_TIMEOUT %s)", took.Round(time.Millisecond), cfg.RedisTimeout)
+
 	srv.Resume()
-	testenv.Eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 20*time.Second, func() error {
 		if res := fetch(t, c, src.load); res.Outcome != cache.Hit {
 			return fmt.Errorf("outcome %s", res.Outcome)
 		}
@@ -540,14 +694,151 @@ func TestInvalidationRedisMissedIsDeliveredBeforeTheCacheIsUsedAgain(t *testing.
 	}
 }
 
+// TestAReadDuringAnUnconfirmedInvalidationGoesToTheSource: from the moment a write starts
+// retiring its keys until Redis confirms, reads of those keys in the same process go to the
+// source, near-cache included. Were the keys registered only once Redis had failed, a read in
+// between could fetch the old value from a Redis that never got the new generation, keep it in
+// the near-cache, and serve it after the write had returned and its invalidation was redelivered.
+func TestAReadDuringAnUnconfirmedInvalidationGoesToTheSource(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	held, release := holdGenerationWrites(rdb)
+	c := withNearCache(t, rdb, prefix)
+	src := &source{value: "old"}
+	fetch(t, c, src.load)
+	if res := fetch(t, c, src.load); res.Tier != "local" {
+		t.Fatalf("setup: the second read came from %q, want the near-cache", res.Tier)
+	}
+
+	src.set("new") // the commit
+	invalidated := make(chan error)
+	go func() { invalidated <- c.Invalidate(context.Background(), key) }()
+	<-held
+	res := fetch(t, c, src.load)
+	close(release)
+	<-invalidated
+	if res.Outcome != cache.Bypass || gunzip(t, res) != "new" {
+		t.Errorf("a read while the invalidation was unconfirmed got %s %q from %q, want BYPASS new", res.Outcome, gunzip(t, res), res.Tier)
+	}
+}
+
+// TestPendingInvalidationsAreDeliveredAtClose: a process stopping (a rolling deploy) while an
+// invalidation waits for Redis must still deliver it, or other replicas serve the old value
+// until the TTL; what it cannot deliver within its budget it logs.
+func TestPendingInvalidationsAreDeliveredAtClose(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	src := &source{value: "old"}
+	logs := &testenv.Buffer{}
+	o := options("t")
+	o.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+	writer := cache.New(productionClient(t, srv), o)
+	other := cache.New(productionClient(t, srv), options("t")) // another replica
+	t.Cleanup(func() { other.Close(context.Background()) })
+	fetch(t, other, src.load)
+
+	srv.Pause()
+	src.set("new")
+	if err := writer.Invalidate(context.Background(), key); err == nil {
+		t.Fatal("Invalidate succeeded with Redis frozen")
+	}
+	srv.Resume()
+	writer.Close(context.Background())
+	if got := fetch(t, other, src.load); got.Outcome != cache.Miss || gunzip(t, got) != "new" {
+		t.Errorf("after the writer closed, the other replica read %s %q, want a MISS of new", got.Outcome, gunzip(t, got))
+	}
+
+	t.Run("what cannot be delivered is logged", func(t *testing.T) {
+		logs := &testenv.Buffer{}
+		o.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+		writer := cache.New(productionClient(t, srv), o)
+		srv.Pause()
+		defer srv.Resume()
+		other := cache.Key{Space: "item", ID: "2"}
+		_ = writer.Invalidate(context.Background(), key, other)
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		writer.Close(ctx)
+		if !strings.Contains(logs.String(), "not delivered at shutdown") || !strings.Contains(logs.String(), `"keys":2`) ||
+			!strings.Contains(logs.String(), "item:1") {
+			t.Errorf("no log line naming the undelivered keys:\n%s", logs)
+		}
+	})
+}
+
+// TestTheInvalidationMessageNeverOvertakesTheGenerations: in a Cluster, the near-cache's
+// invalidation message is keyless and may go to another node than the generation keys. Were it
+// sent in the same pipeline, go-redis would send both nodes' parts at once and the message could
+// arrive first: the other replica would drop its entry, re-read the old generation, and keep the
+// old value for CACHE_LOCAL_TTL. The generation writes are slowed down here until the other
+// replica has had every chance to see a message.
+func TestTheInvalidationMessageNeverOvertakesTheGenerations(t *testing.T) {
+	url := testenv.StartRedisCluster(t)
+	client := func() *redis.ClusterClient {
+		rdb, err := redisclient.New(redisclient.Options{URL: url, Mode: "cluster", Timeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rdb.Close() })
+		return rdb.(*redis.ClusterClient)
+	}
+	writerClient := client()
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	writerClient.OnNewNode(func(node *redis.Client) {
+		h, r := holdGenerationWrites(node)
+		go func() { <-h; once.Do(func() { close(held) }) }()
+		go func() { <-release; close(r) }()
+	})
+	o := options("t")
+	o.Local, o.LocalTTL, o.LocalMaxBytes, o.OpTimeout = true, time.Minute, 1<<20, 5*time.Second
+	writer := withOptions(t, writerClient, o)
+	reader := withOptions(t, client(), o)
+	src := &source{value: "old"}
+	fetch(t, reader, src.load)
+	if res := fetch(t, reader, src.load); res.Tier != "local" {
+		t.Fatalf("setup: the reader's second read came from %q", res.Tier)
+	}
+
+	src.set("new")
+	invalidated := make(chan error)
+	go func() { invalidated <- writer.Invalidate(context.Background(), key) }()
+	<-held
+	// While the new generation is held back, a message that overtook it would make the reader
+	// drop its entry; its next read would then go to Redis and keep what it found there, the old
+	// value. Give it a second to show (without the bug nothing arrives, and the second passes).
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if res := fetch(t, reader, src.load); res.Tier != "local" {
+			t.Logf("the reader dropped its entry before the generation was written (%s)", res.Outcome)
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(release)
+	if err := <-invalidated; err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if got := gunzip(t, fetch(t, reader, src.load)); got != "new" {
+			return fmt.Errorf("the reader still serves %q after the write returned", got)
+		}
+		return nil
+	})
+}
+
 // withNearCache returns a cache with the in-process tier on (and gzip storage), once its
 // invalidation channel is subscribed.
 func withNearCache(t *testing.T, rdb redis.UniversalClient, prefix string) *cache.Cache {
 	t.Helper()
 	o := options(prefix)
 	o.Local, o.LocalTTL, o.LocalMaxBytes, o.Compress = true, time.Minute, 1<<20, true
+	return withOptions(t, rdb, o)
+}
+
+// withOptions returns a cache with o, once its near-cache (if on) is subscribed.
+func withOptions(t *testing.T, rdb redis.UniversalClient, o cache.Options) *cache.Cache {
+	t.Helper()
 	c := cache.New(rdb, o)
-	t.Cleanup(c.Close)
+	t.Cleanup(func() { c.Close(context.Background()) })
 	testenv.Eventually(t, 10*time.Second, func() error {
 		if h := c.Health(context.Background()); h.Local != "live" {
 			return fmt.Errorf("near-cache %s", h.Local)
@@ -721,4 +1012,44 @@ func fetchKey(t *testing.T, c *cache.Cache, k cache.Key, load cache.Loader) cach
 		t.Fatal(err)
 	}
 	return res
+}
+
+// hook is a go-redis hook made of functions; nil ones pass through.
+type hook struct {
+	process  func(redis.ProcessHook) redis.ProcessHook
+	pipeline func(redis.ProcessPipelineHook) redis.ProcessPipelineHook
+}
+
+func (h hook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	if h.process == nil {
+		return next
+	}
+	return h.process(next)
+}
+func (h hook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	if h.pipeline == nil {
+		return next
+	}
+	return h.pipeline(next)
+}
+
+// holdGenerationWrites makes pipelines that set a generation key (the invalidations) wait until
+// release is closed, as a slow network to Redis would; held is closed when the first is held.
+func holdGenerationWrites(rdb interface{ AddHook(redis.Hook) }) (held, release chan struct{}) {
+	held, release = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	rdb.AddHook(hook{pipeline: func(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+		return func(ctx context.Context, cmds []redis.Cmder) error {
+			for _, cmd := range cmds {
+				if args := cmd.Args(); cmd.Name() == "set" && len(args) > 1 && strings.HasSuffix(fmt.Sprint(args[1]), ":g") {
+					once.Do(func() { close(held) })
+					<-release
+					break
+				}
+			}
+			return next(ctx, cmds)
+		}
+	}})
+	return held, release
 }

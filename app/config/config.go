@@ -45,12 +45,15 @@ type Config struct {
 	CacheBreakerFailures uint32        `envconfig:"CACHE_BREAKER_FAILURES" default:"3" desc:"consecutive Redis failures that make the service skip the cache"`
 	CacheBreakerCooldown time.Duration `envconfig:"CACHE_BREAKER_COOLDOWN" default:"5s" desc:"how long the cache is skipped before Redis is tried again"`
 
+	CacheInvalidationTimeout  time.Duration `envconfig:"CACHE_INVALIDATION_TIMEOUT" default:"1s" desc:"how long a write keeps retrying to retire what it changed in Redis before it returns with that deferred (this replica then bypasses those keys and retries in the background); 0: one attempt"`
+	CacheInvalidationReplicas int           `envconfig:"CACHE_INVALIDATION_REPLICAS" default:"0" desc:"Redis replicas that must acknowledge an invalidation (WAIT) before it counts as delivered, so a failover cannot bring a retired generation back; 0: off"`
+
 	CacheCompression   string        `envconfig:"CACHE_COMPRESSION" default:"gzip" desc:"how cached bodies are stored and sent to clients that accept it: gzip or none"`
 	CacheLocalEnabled  bool          `envconfig:"CACHE_LOCAL_ENABLED" default:"false" desc:"keep an in-process near-cache in front of Redis, invalidated across replicas through Redis pub/sub"`
 	CacheLocalTTL      time.Duration `envconfig:"CACHE_LOCAL_TTL" default:"2s" desc:"life of a near-cache entry: the longest another replica can serve a value after a write if an invalidation message is lost"`
-	CacheLocalMaxBytes int64         `envconfig:"CACHE_LOCAL_MAX_BYTES" default:"67108864" desc:"memory bound of the near-cache (least recently used entries go first)"`
+	CacheLocalMaxBytes int64         `envconfig:"CACHE_LOCAL_MAX_BYTES" default:"67108864" desc:"memory bound of the near-cache (least recently used entries go first); above 0 when it is on"`
 
-	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s" desc:"time in-flight requests get to finish after SIGTERM"`
+	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s" desc:"time from SIGTERM for in-flight requests to finish and deferred invalidations to be delivered"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	LogFormat       string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or text"`
 }
@@ -216,8 +219,17 @@ func (c Config) validate() []string {
 	default:
 		p = append(p, "CACHE_COMPRESSION: must be gzip or none")
 	}
-	if c.CacheLocalMaxBytes < 0 {
+	switch {
+	case c.CacheLocalMaxBytes < 0:
 		p = append(p, "CACHE_LOCAL_MAX_BYTES: must be 0 or more")
+	case c.CacheLocalEnabled && c.CacheLocalMaxBytes == 0:
+		p = append(p, "CACHE_LOCAL_MAX_BYTES: must be above 0 when CACHE_LOCAL_ENABLED is true")
+	}
+	if c.CacheInvalidationTimeout < 0 {
+		p = append(p, "CACHE_INVALIDATION_TIMEOUT: must be 0 or a positive duration")
+	}
+	if c.CacheInvalidationReplicas < 0 {
+		p = append(p, "CACHE_INVALIDATION_REPLICAS: must be 0 or more")
 	}
 	if c.CacheBreakerFailures < 1 {
 		p = append(p, "CACHE_BREAKER_FAILURES: must be at least 1")

@@ -5,10 +5,23 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/cacheside/cacheside/app/config"
 )
 
+// isolate unsets every variable the service reads, so a test sees only what it sets and never
+// the shell's environment.
+func isolate(t *testing.T) {
+	t.Helper()
+	for _, v := range config.Vars() {
+		t.Setenv(v.Name, "") // registers the restore
+		os.Unsetenv(v.Name)
+	}
+}
+
 func TestLoadReportsEveryBadVariableAtOnce(t *testing.T) {
+	isolate(t)
 	t.Setenv("DATABASE_URL", "mysql://root:pw@db/x")
 	t.Setenv("REDIS_URL", "")
 	t.Setenv("CACHE_TTL", "five minutes")
@@ -32,15 +45,46 @@ func TestLoadReportsEveryBadVariableAtOnce(t *testing.T) {
 	}
 }
 
-func TestLoadAppliesDefaults(t *testing.T) {
+// TestLoadAppliesTheDocumentedDefaults: with nothing set but the two URLs, every variable takes
+// the default its tag documents (and "cacheside env" prints): the same configuration as setting
+// each one to that default explicitly.
+func TestLoadAppliesTheDocumentedDefaults(t *testing.T) {
+	isolate(t)
 	t.Setenv("DATABASE_URL", "postgres://app@db/app")
 	t.Setenv("REDIS_URL", "redis://cache:6379/0")
-	cfg, err := config.Load()
+	implicit, err := config.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.HTTPAddr != ":8080" || cfg.CacheTTL.String() != "5m0s" || cfg.RedisMode != "standalone" || cfg.LogFormat != "json" {
-		t.Errorf("defaults not applied: %+v", cfg)
+	for _, v := range config.Vars() {
+		if v.Default != "" {
+			t.Setenv(v.Name, v.Default)
+		}
+	}
+	explicit, err := config.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(explicit, implicit); diff != "" {
+		t.Errorf("defaults differ from their documentation (-documented +applied):\n%s", diff)
+	}
+	if implicit.HTTPAddr != ":8080" || implicit.CacheTTL.String() != "5m0s" || implicit.CacheInvalidationTimeout.String() != "1s" {
+		t.Errorf("defaults not applied: %+v", implicit)
+	}
+}
+
+func TestANearCacheNeedsRoom(t *testing.T) {
+	isolate(t)
+	t.Setenv("DATABASE_URL", "postgres://app@db/app")
+	t.Setenv("REDIS_URL", "redis://cache:6379/0")
+	t.Setenv("CACHE_LOCAL_ENABLED", "true")
+	t.Setenv("CACHE_LOCAL_MAX_BYTES", "0")
+	if _, err := config.Load(); err == nil || !strings.Contains(err.Error(), "CACHE_LOCAL_MAX_BYTES:") {
+		t.Errorf("a near-cache of 0 bytes was accepted: %v", err)
+	}
+	t.Setenv("CACHE_LOCAL_ENABLED", "false")
+	if _, err := config.Load(); err != nil {
+		t.Errorf("0 bytes with the near-cache off was refused: %v", err)
 	}
 }
 

@@ -64,7 +64,7 @@ func start(t testing.TB, s setup) *env {
 		BreakerFailures: 3, BreakerCooldown: time.Second, Logger: log,
 		Compress: true, Local: s.nearCache, LocalTTL: time.Minute, LocalMaxBytes: 1 << 20,
 	})
-	t.Cleanup(c.Close)
+	t.Cleanup(func() { c.Close(context.Background()) })
 	if s.nearCache {
 		testenv.Eventually(t, 10*time.Second, func() error {
 			if h := c.Health(context.Background()); h.Local != "live" {

@@ -33,7 +33,7 @@ func storesWith(t *testing.T, nearCache bool) (*samples.PGStore, *samples.Cached
 		OpTimeout: time.Second, LoadTimeout: 5 * time.Second, BreakerFailures: 3, BreakerCooldown: time.Second,
 		Compress: true, Local: nearCache, LocalTTL: time.Minute, LocalMaxBytes: 1 << 20,
 	})
-	t.Cleanup(c.Close)
+	t.Cleanup(func() { c.Close(context.Background()) })
 	if nearCache {
 		testenv.Eventually(t, 10*time.Second, func() error {
 			if h := c.Health(context.Background()); h.Local != "live" {

@@ -7,9 +7,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +20,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/cacheside/cacheside/app/config"
 	"github.com/cacheside/cacheside/app/platform/postgres"
+	"github.com/cacheside/cacheside/app/service"
 )
 
 func mustEnv(t testing.TB, name string) string {
@@ -151,4 +156,54 @@ func Eventually(t testing.TB, within time.Duration, cond func() error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Config returns the service's configuration as production loads it, from config.Load: every
+// variable the service reads is unset (the shell's environment never leaks in), then
+// DATABASE_URL names a fresh database (unless an override sets it) and REDIS_URL the shared test
+// Redis, CACHE_KEY_PREFIX is private to the test (its keys are deleted at the end), and
+// overrides ("NAME=value") are applied last. A
+// test that needs another setting says so in its overrides, so defaults are what is tested.
+func Config(t *testing.T, overrides ...string) config.Config {
+	t.Helper()
+	for _, v := range config.Vars() {
+		t.Setenv(v.Name, "") // registers the restore
+		os.Unsetenv(v.Name)
+	}
+	_, prefix := Redis(t)
+	t.Setenv("REDIS_URL", RedisURL(t))
+	t.Setenv("CACHE_KEY_PREFIX", prefix)
+	if !slices.ContainsFunc(overrides, func(kv string) bool { return strings.HasPrefix(kv, "DATABASE_URL=") }) {
+		t.Setenv("DATABASE_URL", Database(t))
+	}
+	for _, kv := range overrides {
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok {
+			t.Fatalf("override %q is not NAME=value", kv)
+		}
+		t.Setenv(name, value)
+	}
+	cfg, err := config.Load()
+	if err != nil {
+		t.Fatalf("loading the configuration: %v", err)
+	}
+	return cfg
+}
+
+// Service assembles the service exactly as the binary does, from Config(t, overrides...), and
+// closes it when the test ends. Its log is shown if the test fails.
+func Service(t *testing.T, overrides ...string) *service.Service {
+	t.Helper()
+	logs := &Buffer{}
+	svc, err := service.Open(context.Background(), Config(t, overrides...), slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		svc.Close(context.Background())
+		if t.Failed() {
+			t.Logf("service log:\n%s", logs)
+		}
+	})
+	return svc
 }

@@ -1,0 +1,17 @@
+package cache
+
+// WaitingOnLoad reports how many reads of k wait on a shared load, so a test can tell that a
+// miss storm has gathered.
+func (c *Cache) WaitingOnLoad(k Key) int { return c.loads.waiters(c.valKey(k) + "@") }
+
+// WaitingOnLookup reports how many reads of k are in a round that has not finished its lookup.
+func (c *Cache) WaitingOnLookup(k Key) int { return c.reads.members(c.valKey(k)) }
+
+// BypassReason says why a BYPASS result did not use Redis.
+func BypassReason(r Result) string { return r.bypass }
+
+// ErrSaturated is the reason of a read that found no Redis connection free in time.
+var ErrSaturated = errSaturated
+
+// ErrBreakerOpen is the reason of a read that found the circuit breaker open.
+var ErrBreakerOpen = errBreakerOpen

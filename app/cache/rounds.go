@@ -1,0 +1,171 @@
+package cache
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Concurrent reads of a key share their work in two ways.
+//
+// Lookups are shared in rounds. A read joins only a round that has not started yet; per key at
+// most one round runs and one waits, and the waiting one starts when the running one ends. So a
+// read is never answered by a lookup that began before it did (singleflight would hand a
+// newcomer the answer of a call in flight, which may have read Redis before a write that
+// returned before the newcomer started), and a storm of any size costs a couple of lookups
+// instead of one per read queueing for pooled connections.
+//
+// Loads are shared in flights, one per key and generation. A round that misses attaches its
+// members to the flight of the generation it saw, starting it if there is none. Sharing a load
+// that began earlier is safe here: a write retires the generation, so a read that starts after
+// a write returned sees a new generation and never joins a flight of the old one. A flight runs
+// outside the rounds, so a slow load never holds up the lookups behind it.
+type rounds struct {
+	mu   sync.Mutex
+	keys map[string]*keyRounds
+}
+
+type keyRounds struct {
+	running, next *round
+}
+
+// A round is one shared lookup. It runs on its own goroutine with the context of the read that
+// opened it, detached from that read's cancellation: the others waiting on it must still get
+// their answer.
+type round struct {
+	ctx     context.Context
+	look    func(context.Context) looked
+	done    chan struct{}
+	res     looked
+	members int // reads that joined, the opener included
+}
+
+// looked is a round's answer: a hit, or the flight that serves the miss or bypass (and whether
+// this round started it).
+type looked struct {
+	hit     *Result
+	flight  *flight
+	started bool
+}
+
+// join returns the round the read takes part in and whether another read opened it.
+func (g *rounds) join(ctx context.Context, key string, look func(context.Context) looked) (r *round, joined bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.keys == nil {
+		g.keys = make(map[string]*keyRounds)
+	}
+	kr := g.keys[key]
+	if kr == nil {
+		kr = &keyRounds{}
+		g.keys[key] = kr
+	}
+	switch {
+	case kr.running == nil:
+		r = newRound(ctx, look)
+		kr.running = r
+		go g.run(key, kr)
+	case kr.next == nil:
+		r = newRound(ctx, look)
+		kr.next = r
+	default:
+		r, joined = kr.next, true
+	}
+	r.members++
+	return r, joined
+}
+
+func newRound(ctx context.Context, look func(context.Context) looked) *round {
+	return &round{ctx: context.WithoutCancel(ctx), look: look, done: make(chan struct{})}
+}
+
+// run works through the key's rounds until none is waiting.
+func (g *rounds) run(key string, kr *keyRounds) {
+	g.mu.Lock()
+	r := kr.running
+	g.mu.Unlock()
+	for r != nil {
+		r.res = r.look(r.ctx)
+		close(r.done)
+		g.mu.Lock()
+		kr.running, kr.next = kr.next, nil
+		r = kr.running
+		if r == nil {
+			delete(g.keys, key)
+		}
+		g.mu.Unlock()
+	}
+}
+
+// members is how many reads of key are in a round.
+func (g *rounds) members(key string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	if kr := g.keys[key]; kr != nil {
+		for _, r := range []*round{kr.running, kr.next} {
+			if r != nil {
+				n += r.members
+			}
+		}
+	}
+	return n
+}
+
+// A flight is one load, shared by every read that waits on it. It runs on its own goroutine,
+// detached from the requests waiting on it.
+type flight struct {
+	done    chan struct{}
+	res     Result
+	err     error
+	waiters atomic.Int32
+}
+
+type flights struct {
+	mu sync.Mutex
+	m  map[string]*flight
+}
+
+// attach returns the flight named name, starting it with load if none is running, and whether
+// it started it. A private flight (a bypass shared by one round's members) has no name.
+func (f *flights) attach(ctx context.Context, name string, load func(context.Context) (Result, error)) (*flight, bool) {
+	if name != "" {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if fl := f.m[name]; fl != nil {
+			return fl, false
+		}
+	}
+	fl := &flight{done: make(chan struct{})}
+	if name != "" {
+		if f.m == nil {
+			f.m = make(map[string]*flight)
+		}
+		f.m[name] = fl
+	}
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		fl.res, fl.err = load(ctx)
+		if name != "" {
+			f.mu.Lock()
+			delete(f.m, name)
+			f.mu.Unlock()
+		}
+		close(fl.done)
+	}()
+	return fl, true
+}
+
+// waiters is how many reads wait on flights whose name starts with prefix.
+func (f *flights) waiters(prefix string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for name, fl := range f.m {
+		if strings.HasPrefix(name, prefix) {
+			n += int(fl.waiters.Load())
+		}
+	}
+	return n
+}

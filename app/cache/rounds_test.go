@@ -1,0 +1,72 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestARoundIsSharedByEveryReadThatArrivedWhileTheLastRan: reads that arrive while a lookup
+// runs wait for the next one and all share it; none is answered by the lookup already running,
+// which began before they did.
+func TestARoundIsSharedByEveryReadThatArrivedWhileTheLastRan(t *testing.T) {
+	const late = 999
+	var g rounds
+	var lookups atomic.Int32
+	firstRuns, releaseFirst := make(chan struct{}), make(chan struct{})
+	look := func(context.Context) looked {
+		n := lookups.Add(1)
+		if n == 1 {
+			close(firstRuns)
+			<-releaseFirst
+		}
+		res := Result{ETag: fmt.Sprint(n)} // which lookup answered
+		return looked{hit: &res}
+	}
+	answer := func() (string, bool) {
+		r, joined := g.join(context.Background(), "k", look)
+		<-r.done
+		return r.res.hit.ETag, joined
+	}
+
+	firstAnswer := make(chan string)
+	go func() { a, _ := answer(); firstAnswer <- a }()
+	<-firstRuns
+	var wg sync.WaitGroup
+	answers := make([]string, late)
+	joined := make([]bool, late)
+	for i := range late {
+		wg.Go(func() { answers[i], joined[i] = answer() })
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for g.members("k") < 1+late { // the running round's reader and every late one
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d reads joined", g.members("k"))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(releaseFirst)
+	wg.Wait()
+
+	if a := <-firstAnswer; a != "1" {
+		t.Errorf("the first read got lookup %s", a)
+	}
+	opened := 0
+	for i, a := range answers {
+		if a != "2" {
+			t.Fatalf("a late read got lookup %s, want 2 (the first began before it arrived)", a)
+		}
+		if !joined[i] {
+			opened++
+		}
+	}
+	if n := lookups.Load(); n != 2 || opened != 1 {
+		t.Errorf("%d lookups, %d opened by late reads; want 2 and 1", n, opened)
+	}
+	if n := g.members("k"); n != 0 {
+		t.Errorf("%d reads still counted after all returned", n)
+	}
+}

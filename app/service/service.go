@@ -1,0 +1,126 @@
+// Package service assembles cacheside from its configuration: the Postgres pool, the Redis
+// client, the cache, the stores and the HTTP handler, instrumented, and closes them in order.
+// The binary and the tests build the service through it, so tests run the production wiring
+// with the production defaults.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/extra/redisotel/v9"
+	goredis "github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel"
+
+	"github.com/cacheside/cacheside/app/cache"
+	"github.com/cacheside/cacheside/app/config"
+	"github.com/cacheside/cacheside/app/httpapi"
+	"github.com/cacheside/cacheside/app/platform/postgres"
+	"github.com/cacheside/cacheside/app/platform/redisclient"
+	"github.com/cacheside/cacheside/app/platform/telemetry"
+	"github.com/cacheside/cacheside/app/samples"
+)
+
+// Service is cacheside's object graph. Open builds it; Close takes it down.
+type Service struct {
+	Config config.Config
+	Log    *slog.Logger
+	Pool   *pgxpool.Pool
+	Redis  goredis.UniversalClient
+	Cache  *cache.Cache
+	// Samples is the Postgres store: the source of truth, read by GET /sample.
+	Samples *samples.PGStore
+	// Cached serves GET /cache and the /samples resource through the cache.
+	Cached *samples.CachedStore
+}
+
+// Open connects nothing yet (pools dial lazily, so the service can start and report itself
+// unready while a dependency is still coming up) and returns the assembled service.
+func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, error) {
+	pool, err := postgres.Open(ctx, postgres.Options{
+		URL: cfg.DatabaseURL, MaxConns: cfg.DatabaseMaxConns, ConnectTimeout: cfg.DatabaseConnectTimeout,
+		// Query text without parameter values; spans only inside a request's trace.
+		Tracer: otelpgx.NewTracer(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("opening postgres: %w", err)
+	}
+	if err := otelpgx.RecordStats(pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("instrumenting postgres pool: %w", err)
+	}
+
+	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Mode: cfg.RedisMode, Timeout: cfg.RedisTimeout, PoolSize: cfg.RedisPoolSize})
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("opening redis: %w", err)
+	}
+	// Without WithDBStatement(false) redisotel records whole commands, cached bodies included.
+	err = errors.Join(
+		redisotel.InstrumentTracing(rdb,
+			redisotel.WithTracerProvider(telemetry.ChildSpansOnly(otel.GetTracerProvider())),
+			redisotel.WithDBStatement(false), redisotel.WithCallerEnabled(false)),
+		redisotel.InstrumentMetrics(rdb),
+	)
+	if err != nil {
+		_ = rdb.Close()
+		pool.Close()
+		return nil, fmt.Errorf("instrumenting redis: %w", err)
+	}
+
+	c := cache.New(rdb, CacheOptions(cfg, log))
+	db := samples.NewPGStore(pool, cfg.DatabaseTimeout)
+	return &Service{
+		Config: cfg, Log: log, Pool: pool, Redis: rdb, Cache: c,
+		Samples: db, Cached: samples.NewCachedStore(db, c),
+	}, nil
+}
+
+// CacheOptions maps the configuration onto the cache engine's options.
+func CacheOptions(cfg config.Config, log *slog.Logger) cache.Options {
+	return cache.Options{
+		Prefix:          cfg.CacheKeyPrefix + ":" + samples.PayloadVersion,
+		TTL:             cfg.CacheTTL,
+		Jitter:          cfg.CacheTTLJitter,
+		NegativeTTL:     cfg.CacheNegativeTTL,
+		OpTimeout:       cfg.RedisTimeout,
+		LoadTimeout:     cfg.DatabaseTimeout,
+		BreakerFailures: cfg.CacheBreakerFailures,
+		BreakerCooldown: cfg.CacheBreakerCooldown,
+		// An invalidation's own attempts are bounded by REDIS_TIMEOUT; this bounds the retries.
+		InvalidationTimeout: cfg.CacheInvalidationTimeout,
+		WaitReplicas:        cfg.CacheInvalidationReplicas,
+		Compress:            cfg.CacheCompression == "gzip",
+		Local:               cfg.CacheLocalEnabled,
+		LocalTTL:            cfg.CacheLocalTTL,
+		LocalMaxBytes:       cfg.CacheLocalMaxBytes,
+		Logger:              log,
+	}
+}
+
+// Handler is the HTTP API; metrics, when not nil, is served at GET /metrics.
+func (s *Service) Handler(metrics http.Handler) http.Handler {
+	return httpapi.NewRouter(httpapi.Deps{
+		Log:           s.Log,
+		Direct:        s.Samples,
+		Cached:        s.Cached,
+		PostgresReady: s.Pool.Ping,
+		RedisHealth:   s.Cache.Health,
+		MaxBodyBytes:  s.Config.HTTPMaxBodyBytes,
+		RetryAfter:    s.Config.CacheBreakerCooldown,
+		Metrics:       metrics,
+	})
+}
+
+// Close stops the cache, delivering what invalidations are pending until ctx ends, then closes
+// the Redis client and the Postgres pool.
+func (s *Service) Close(ctx context.Context) {
+	s.Cache.Close(ctx)
+	_ = s.Redis.Close()
+	s.Pool.Close()
+}
