@@ -56,30 +56,42 @@ func (s *CachedStore) fetch(ctx context.Context, k cache.Key, read func(context.
 // Create inserts a sample and retires the list and the new id's (possibly negative) entry.
 func (s *CachedStore) Create(ctx context.Context, title string) (Sample, error) {
 	created, err := s.db.Create(ctx, title)
-	if err != nil {
-		return Sample{}, err
+	if mayHaveWritten(err) {
+		keys := []cache.Key{listKey}
+		if created.ID != 0 { // the id was reserved before the insert, which may have happened
+			keys = append(keys, itemKey(created.ID))
+		}
+		_ = s.cache.Invalidate(ctx, keys...)
 	}
-	s.invalidate(ctx, created.ID)
-	return created, nil
+	return created, err
 }
 
 // Update changes a sample and retires the list and that item.
 func (s *CachedStore) Update(ctx context.Context, id int64, title string) (Sample, error) {
 	updated, err := s.db.Update(ctx, id, title)
-	if err != nil {
-		return Sample{}, err
+	if mayHaveWritten(err) {
+		s.invalidate(ctx, id)
 	}
-	s.invalidate(ctx, id)
-	return updated, nil
+	return updated, err
 }
 
 // Delete removes a sample and retires the list and that item.
 func (s *CachedStore) Delete(ctx context.Context, id int64) error {
-	if err := s.db.Delete(ctx, id); err != nil {
-		return err
+	err := s.db.Delete(ctx, id)
+	if mayHaveWritten(err) {
+		s.invalidate(ctx, id)
 	}
-	s.invalidate(ctx, id)
-	return nil
+	return err
+}
+
+// mayHaveWritten reports whether a write may have changed the database. Only a write that
+// certainly did not happen is exempt: no row matched, or the input was refused. A write that
+// failed with a timeout, a cancellation or a lost connection may have committed on the server
+// after all, and then every replica would serve the old views until the TTL; a needless
+// retirement costs one miss.
+func mayHaveWritten(err error) bool {
+	var invalid *ValidationError
+	return !errors.Is(err, ErrNotFound) && !errors.As(err, &invalid)
 }
 
 // InvalidateAll retires every cached view, for bulk changes made outside the API such as seeding.
@@ -90,8 +102,8 @@ func (s *CachedStore) InvalidateAll(ctx context.Context) error {
 	return s.cache.InvalidateSpace(ctx, "item")
 }
 
-// invalidate never fails the write: it is committed. The cache defers what Redis did not take
-// and bypasses itself until it is delivered.
+// invalidate never fails the write: the cache defers what Redis did not take, bypasses itself
+// for those keys and redelivers them.
 func (s *CachedStore) invalidate(ctx context.Context, id int64) {
 	_ = s.cache.Invalidate(ctx, listKey, itemKey(id))
 }

@@ -13,7 +13,8 @@ import (
 	"github.com/cacheside/cacheside/app/platform/postgres"
 )
 
-// PGStore reads and writes samples in Postgres. Every call is bounded by its query timeout.
+// PGStore reads and writes samples in Postgres. Every call but Seed (bulk work, bounded by its
+// caller) is bounded by the query timeout.
 type PGStore struct {
 	pool    *pgxpool.Pool
 	timeout time.Duration
@@ -33,7 +34,7 @@ func (s *PGStore) List(ctx context.Context) (View, error) {
 	rows, _ := s.pool.Query(ctx, "SELECT "+columns+" FROM samples ORDER BY id")
 	list, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Sample])
 	if err != nil {
-		return View{}, classify("listing samples", err)
+		return View{}, classify(ctx, "listing samples", err)
 	}
 	if list == nil {
 		list = []Sample{} // [] rather than null
@@ -48,14 +49,28 @@ func (s *PGStore) Get(ctx context.Context, id int64) (View, error) {
 	rows, _ := s.pool.Query(ctx, "SELECT "+columns+" FROM samples WHERE id = $1", id)
 	one, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Sample])
 	if err != nil {
-		return View{}, classify("reading sample", err)
+		return View{}, classify(ctx, "reading sample", err)
 	}
 	return encode(one)
 }
 
-// Create inserts a sample; the database assigns id and created_at.
+// Create inserts a sample; the database assigns created_at. The id is drawn from the table's
+// sequence before the insert, so that when the insert fails in a way that leaves its outcome
+// unknown (a timeout, a lost connection) the returned Sample still carries the id it would have:
+// the caller can retire what the insert may have changed.
 func (s *PGStore) Create(ctx context.Context, title string) (Sample, error) {
-	return s.writeOne(ctx, "creating sample", "INSERT INTO samples (title) VALUES ($1) RETURNING "+columns, title)
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var id int64
+	if err := s.pool.QueryRow(ctx, "SELECT nextval(pg_get_serial_sequence('samples', 'id'))").Scan(&id); err != nil {
+		return Sample{}, classify(ctx, "reserving an id", err)
+	}
+	created, err := s.writeOne(ctx, "creating sample",
+		"INSERT INTO samples (id, title) OVERRIDING SYSTEM VALUE VALUES ($1, $2) RETURNING "+columns, id, title)
+	if err != nil {
+		return Sample{ID: id}, err
+	}
+	return created, nil
 }
 
 // Update replaces a sample's title.
@@ -69,7 +84,7 @@ func (s *PGStore) Delete(ctx context.Context, id int64) error {
 	defer cancel()
 	tag, err := s.pool.Exec(ctx, "DELETE FROM samples WHERE id = $1", id)
 	if err != nil {
-		return classify("deleting sample", err)
+		return classify(ctx, "deleting sample", err)
 	}
 	if tag.RowsAffected() == 0 {
 		return ErrNotFound
@@ -93,16 +108,18 @@ func (s *PGStore) Seed(ctx context.Context, n int, replace bool) (int64, error) 
 		return tx.QueryRow(ctx, "SELECT count(*) FROM samples").Scan(&total)
 	})
 	if err != nil {
-		return 0, classify("seeding samples", err)
+		return 0, classify(ctx, "seeding samples", err)
 	}
 	return total, nil
 }
 
 // Count returns how many samples exist.
 func (s *PGStore) Count(ctx context.Context) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
 	var n int64
 	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM samples").Scan(&n); err != nil {
-		return 0, classify("counting samples", err)
+		return 0, classify(ctx, "counting samples", err)
 	}
 	return n, nil
 }
@@ -113,15 +130,20 @@ func (s *PGStore) writeOne(ctx context.Context, what, sql string, args ...any) (
 	rows, _ := s.pool.Query(ctx, sql, args...)
 	one, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Sample])
 	if err != nil {
-		return Sample{}, classify(what, err)
+		return Sample{}, classify(ctx, what, err)
 	}
 	return one, nil
 }
 
-func classify(what string, err error) error {
+// classify maps a Postgres error onto the domain's. A call whose own caller went away is
+// reported as that (context.Canceled), not as Postgres being unavailable, whatever pgx was
+// doing when it noticed (dialling, waiting for a connection, reading a reply).
+func classify(ctx context.Context, what string, err error) error {
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return ErrNotFound
+	case errors.Is(context.Cause(ctx), context.Canceled):
+		return fmt.Errorf("%s: %w", what, context.Canceled)
 	case postgres.IsUnavailable(err):
 		return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
 	}
