@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/internal/testenv"
@@ -525,13 +528,53 @@ func TestCancelledFirstCallerDoesNotFailTheOthers(t *testing.T) {
 	}
 }
 
-func TestPanickingLoaderBecomesAnError(t *testing.T) {
+// TestAPanickingLoaderBecomesAnErrorWithItsStack: a panic in a shared load would crash the
+// process from the load's goroutine; it becomes the error of every reader instead, and keeps the
+// stack of where it happened, or nobody could find the bug from the log.
+func TestAPanickingLoaderBecomesAnErrorWithItsStack(t *testing.T) {
 	rdb, prefix := testenv.Redis(t)
 	c := cache.New(rdb, options(prefix))
-	_, err := c.Fetch(context.Background(), key, func(context.Context) ([]byte, error) { panic("boom") })
-	if err == nil || !strings.Contains(err.Error(), "boom") {
-		t.Errorf("err = %v, want the panic as an error", err)
+	_, err := c.Fetch(context.Background(), key, panickingLoader)
+	if err == nil || !strings.Contains(err.Error(), "boom") || !strings.Contains(err.Error(), "cache_test.panickingLoader") {
+		t.Errorf("err = %v, want the panic as an error with the loader's frame", err)
 	}
+}
+
+func panickingLoader(context.Context) ([]byte, error) { panic("boom") }
+
+// TestMetricsCanBeReadWhileCachesAreCreated: a scrape may run at any moment, including while a
+// cache is being built; its gauges must never read what does not exist yet.
+func TestMetricsCanBeReadWhileCachesAreCreated(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	previous := otel.GetMeterProvider()
+	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))
+	t.Cleanup(func() { otel.SetMeterProvider(previous) })
+	rdb, prefix := testenv.Redis(t)
+
+	stop := make(chan struct{})
+	scraped := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				scraped <- n
+				return
+			default:
+			}
+			var rm metricdata.ResourceMetrics
+			if err := reader.Collect(context.Background(), &rm); err != nil {
+				t.Error(err)
+			}
+			n++
+		}
+	}()
+	for range 200 {
+		c := cache.New(rdb, options(prefix))
+		c.Close(context.Background())
+	}
+	close(stop)
+	t.Logf("%d scrapes while 200 caches were created", <-scraped)
 }
 
 // productionClient is configured as the service configures it, timeouts included.

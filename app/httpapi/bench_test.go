@@ -15,7 +15,7 @@ import (
 func BenchmarkList(b *testing.B) {
 	redisOnly := start(b, setup{})
 	near := start(b, setup{nearCache: true, databaseURL: redisOnly.databaseURL})
-	if _, err := redisOnly.db.Seed(context.Background(), 1000, true); err != nil {
+	if _, err := redisOnly.svc.Samples.Seed(context.Background(), 1000, true); err != nil {
 		b.Fatal(err)
 	}
 	serve := func(b *testing.B, e *env, path string, header map[string]string, wantStatus int, wantCache string) {
@@ -73,7 +73,7 @@ func BenchmarkList(b *testing.B) {
 		list := cache.Key{Space: "list", ID: "all"}
 		b.ReportAllocs()
 		for b.Loop() {
-			if err := redisOnly.cache.Invalidate(context.Background(), list); err != nil {
+			if err := redisOnly.svc.Cache.Invalidate(context.Background(), list); err != nil {
 				b.Fatal(err)
 			}
 			serve(b, redisOnly, "/cache", gzipClient, 200, "MISS")

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -46,9 +46,10 @@ func handle(h func(*gin.Context) error) gin.HandlerFunc {
 	}
 }
 
-// errorsMiddleware is the one place errors become responses: it picks the status, writes the JSON
-// body and logs once. Internal errors are logged in full and never echoed to the client.
-func errorsMiddleware(log *slog.Logger, retryAfter time.Duration) gin.HandlerFunc {
+// errorsMiddleware is the one place errors become responses: it picks the status and writes the
+// JSON body. Internal errors are never echoed to the client; the access log line of the request
+// carries them (see accessLog), so each request is logged once.
+func errorsMiddleware(retryAfter time.Duration) gin.HandlerFunc {
 	retry := strconv.Itoa(max(1, int(retryAfter.Seconds())))
 	return func(c *gin.Context) {
 		c.Next()
@@ -61,6 +62,10 @@ func errorsMiddleware(log *slog.Logger, retryAfter time.Duration) gin.HandlerFun
 			bad *samples.ValidationError
 		)
 		switch {
+		case errors.Is(err, context.Canceled) && c.Request.Context().Err() != nil:
+			// The client hung up, whatever the call was doing when it noticed (dialling Postgres
+			// included); nobody reads this status, but the access log shows it.
+			c.Status(499)
 		case errors.As(err, &api):
 			c.JSON(api.Status, errorBody{errorDetail{Code: api.Code, Message: api.Message}})
 		case errors.As(err, &bad):
@@ -68,23 +73,23 @@ func errorsMiddleware(log *slog.Logger, retryAfter time.Duration) gin.HandlerFun
 		case errors.Is(err, samples.ErrNotFound):
 			c.JSON(http.StatusNotFound, errorBody{errorDetail{Code: "not_found", Message: "no sample has this id"}})
 		case errors.Is(err, samples.ErrUnavailable):
-			log.WarnContext(c.Request.Context(), "database unavailable", "route", c.FullPath(), "err", err)
 			c.Header("Retry-After", retry)
 			c.JSON(http.StatusServiceUnavailable, errorBody{errorDetail{Code: "unavailable", Message: "the database is unavailable, retry later"}})
-		case errors.Is(err, context.Canceled) && c.Request.Context().Err() != nil:
-			// The client hung up; nobody reads this status, but the access log shows it.
-			c.Status(499)
 		default:
-			log.ErrorContext(c.Request.Context(), "request failed", "route", c.FullPath(), "err", err)
 			c.JSON(http.StatusInternalServerError, errorBody{errorDetail{Code: "internal", Message: "internal error"}})
 		}
 	}
 }
 
-// recoverMiddleware turns a panic into a 500 JSON error and one log line with the stack.
-func recoverMiddleware(log *slog.Logger) gin.HandlerFunc {
+// recoverMiddleware turns a panic into a 500 JSON error; the panic and its stack go into the
+// request's access log line.
+func recoverMiddleware() gin.HandlerFunc {
 	return gin.CustomRecoveryWithWriter(nil, func(c *gin.Context, p any) {
-		log.ErrorContext(c.Request.Context(), "panic serving request", "route", c.FullPath(), "panic", fmt.Sprint(p), "stack", stack())
+		c.Set(panicKey, panicked{value: fmt.Sprint(p), stack: string(debug.Stack())})
 		c.AbortWithStatusJSON(http.StatusInternalServerError, errorBody{errorDetail{Code: "internal", Message: "internal error"}})
 	})
 }
+
+const panicKey = "cacheside.panic"
+
+type panicked struct{ value, stack string }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -16,72 +15,66 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 
-	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/httpapi"
 	"github.com/cacheside/cacheside/app/internal/testenv"
-	"github.com/cacheside/cacheside/app/platform/redisclient"
+	"github.com/cacheside/cacheside/app/platform/logging"
+	"github.com/cacheside/cacheside/app/platform/postgres"
 	"github.com/cacheside/cacheside/app/samples"
+	"github.com/cacheside/cacheside/app/service"
 )
 
-// env is the real router over a real Postgres database and a real Redis.
+// env is the service as the binary assembles it, from the default configuration, over a real
+// Postgres database and a real Redis.
 type env struct {
 	url         string
 	router      *gin.Engine
 	logs        *testenv.Buffer
-	db          *samples.PGStore
-	cache       *cache.Cache
+	svc         *service.Service
 	databaseURL string
 }
 
 type setup struct {
 	databaseURL string // default: a fresh database on the shared test server
 	redisURL    string // default: the shared test Redis
-	nearCache   bool   // turn the in-process tier on
+	nearCache   bool   // turn the in-process tier on, with entries living a minute
 }
 
 func start(t testing.TB, s setup) *env {
 	t.Helper()
-	if s.databaseURL == "" {
-		s.databaseURL = testenv.Database(t)
+	var overrides []string
+	if s.databaseURL != "" {
+		overrides = append(overrides, "DATABASE_URL="+s.databaseURL)
 	}
-	prefix := testenv.Name("cstest") + ":" + samples.PayloadVersion
-	if s.redisURL == "" {
-		_, p := testenv.Redis(t) // for the prefix and its cleanup
-		s.redisURL, prefix = testenv.RedisURL(t), p+":"+samples.PayloadVersion
+	if s.redisURL != "" {
+		overrides = append(overrides, "REDIS_URL="+s.redisURL)
 	}
+	if s.nearCache {
+		overrides = append(overrides, "CACHE_LOCAL_ENABLED=true", "CACHE_LOCAL_TTL=1m")
+	}
+	cfg := testenv.Config(t, overrides...)
 	logs := &testenv.Buffer{}
-	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	pool := testenv.Pool(t, s.databaseURL)
-	rdb, err := redisclient.New(redisclient.Options{URL: s.redisURL, Timeout: 300 * time.Millisecond})
+	log := logging.New(logs, "debug", "json")
+	svc, err := service.Open(context.Background(), cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { rdb.Close() })
-	c := cache.New(rdb, cache.Options{
-		Prefix: prefix, TTL: time.Minute, Jitter: 0.1, NegativeTTL: 30 * time.Second,
-		OpTimeout: 300 * time.Millisecond, LoadTimeout: 5 * time.Second,
-		BreakerFailures: 3, BreakerCooldown: time.Second, Logger: log,
-		Compress: true, Local: s.nearCache, LocalTTL: time.Minute, LocalMaxBytes: 1 << 20,
-	})
-	t.Cleanup(func() { c.Close(context.Background()) })
+	t.Cleanup(func() { svc.Close(context.Background()) })
 	if s.nearCache {
 		testenv.Eventually(t, 10*time.Second, func() error {
-			if h := c.Health(context.Background()); h.Local != "live" {
+			if h := svc.Cache.Health(context.Background()); h.Local != "live" {
 				return fmt.Errorf("near-cache %s", h.Local)
 			}
 			return nil
 		})
 	}
-	db := samples.NewPGStore(pool, 2*time.Second)
-	router := httpapi.NewRouter(httpapi.Deps{
-		Log: log, Direct: db, Cached: samples.NewCachedStore(db, c),
-		PostgresReady: pool.Ping, RedisHealth: c.Health,
-		MaxBodyBytes: 1 << 20, RetryAfter: 5 * time.Second,
-	})
+	router := svc.Handler(nil).(*gin.Engine)
 	srv := httptest.NewServer(router)
 	t.Cleanup(srv.Close)
-	return &env{url: srv.URL, router: router, logs: logs, db: db, cache: c, databaseURL: s.databaseURL}
+	return &env{url: srv.URL, router: router, logs: logs, svc: svc, databaseURL: cfg.DatabaseURL}
 }
 
 type response struct {
@@ -315,20 +308,202 @@ func TestTitlesOfExactly200CharactersAreAccepted(t *testing.T) {
 	}
 }
 
-func TestAPanicIsA500WithJSONAndALogLine(t *testing.T) {
-	e := start(t, setup{})
-	e.router.GET("/boom", func(*gin.Context) { panic("kaboom") })
+// logLine is one JSON line of the service's log.
+type logLine struct {
+	Level, Msg, Route, Err, Panic, Stack, Cache string
+	Status                                      int
+	TraceID                                     string `json:"trace_id"`
+}
 
-	r := e.get(t, "/boom")
-	if r.status != 500 || !strings.Contains(string(r.body), `"code":"internal"`) || strings.Contains(string(r.body), "kaboom") {
-		t.Errorf("panic answered %d %s, want a 500 JSON error that hides the panic", r.status, r.body)
+func (e *env) lines(t *testing.T) []logLine {
+	t.Helper()
+	var out []logLine
+	for _, l := range strings.Split(strings.TrimSpace(e.logs.String()), "\n") {
+		if l == "" {
+			continue
+		}
+		var line logLine
+		if err := json.Unmarshal([]byte(l), &line); err != nil {
+			t.Fatalf("a log line is not JSON: %q", l)
+		}
+		out = append(out, line)
 	}
-	if !strings.Contains(e.logs.String(), `"panic":"kaboom"`) {
-		t.Errorf("no log line with the panic:\n%s", e.logs)
+	return out
+}
+
+// TestCacheLogLinesCarryTheRequestsTraceID: what the cache logs while serving a request (here a
+// write whose invalidation Redis does not take) leads to the request's trace.
+func TestCacheLogLinesCarryTheRequestsTraceID(t *testing.T) {
+	previous := otel.GetTextMapPropagator()
+	otel.SetTextMapPropagator(propagation.TraceContext{}) // as telemetry.Setup does in the binary
+	t.Cleanup(func() { otel.SetTextMapPropagator(previous) })
+	redisSrv := testenv.StartRedis(t)
+	e := start(t, setup{redisURL: redisSrv.URL()})
+	redisSrv.Pause()
+	defer redisSrv.Resume()
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	req, _ := http.NewRequest("POST", e.url+"/samples", strings.NewReader(`{"title":"traced"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 201 {
+		t.Fatalf("POST with Redis frozen: %d", res.StatusCode)
+	}
+	for _, l := range e.lines(t) {
+		if strings.Contains(l.Msg, "invalidation deferred") {
+			if l.TraceID != traceID {
+				t.Errorf("the cache's line %q has trace_id %q, want the request's %s", l.Msg, l.TraceID, traceID)
+			}
+			return
+		}
+	}
+	t.Errorf("no deferred-invalidation line:\n%s", e.logs)
+}
+
+// TestAFailedRequestIsLoggedOnce: the error path logs once per request, on the request's access
+// line, at a level saying whose fault it is: a bug (error, with the panic's stack), a dependency
+// being down (warn), the client hanging up (info). Two lines for one failure make every alert
+// and every error count wrong.
+func TestAFailedRequestIsLoggedOnce(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	e := start(t, setup{databaseURL: testenv.CreateDatabase(t, pg.AdminURL())})
+	e.router.GET("/boom", func(*gin.Context) { panic("kaboom") })
+	if _, err := e.svc.Pool.Exec(context.Background(), "ALTER TABLE samples RENAME TO samples_elsewhere"); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name, path string
+		status     int
+		level      string
+		prepare    func()
+		check      func(logLine) bool
+	}{
+		{"a bug is an error with its cause", "/sample", 500, "ERROR", nil,
+			func(l logLine) bool { return strings.Contains(l.Err, "samples") }},
+		{"a panic is an error with its stack", "/boom", 500, "ERROR", nil,
+			func(l logLine) bool { return l.Panic == "kaboom" && strings.Contains(l.Stack, "httpapi_test") }},
+		{"a dependency down is a warning", "/sample", 503, "WARN", pg.Stop,
+			func(l logLine) bool { return strings.Contains(l.Err, "database unavailable") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.prepare != nil {
+				tc.prepare()
+			}
+			before := len(e.lines(t))
+			r := e.get(t, tc.path)
+			if r.status != tc.status || strings.Contains(string(r.body), "kaboom") || strings.Contains(string(r.body), "samples") {
+				t.Errorf("answered %d %s, want %d with nothing internal in the body", r.status, r.body, tc.status)
+			}
+			var logged []logLine
+			for _, l := range e.lines(t)[before:] {
+				if l.Level != "DEBUG" {
+					logged = append(logged, l)
+				}
+			}
+			if len(logged) != 1 || logged[0].Msg != "request" || logged[0].Level != tc.level || logged[0].Status != tc.status || !tc.check(logged[0]) {
+				t.Errorf("logged %+v, want one %s request line with the cause", logged, tc.level)
+			}
+		})
 	}
 	if r := e.get(t, "/healthz"); r.status != 200 {
-		t.Errorf("server unhealthy after a panic: %d", r.status)
+		t.Errorf("server unhealthy after the failures: %d", r.status)
 	}
+	pg.Start() // for the database's clean-up
+}
+
+// stallUntilGone is a pgx tracer that holds a query, before it is sent, until the request that
+// issued it has gone away.
+type stallUntilGone struct{ reached chan struct{} }
+
+func (s stallUntilGone) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if strings.HasPrefix(data.SQL, "SELECT id, title") {
+		close(s.reached)
+		<-ctx.Done()
+	}
+	return ctx
+}
+
+func (stallUntilGone) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// TestAClientThatHangsUpIsNotAnOutage: a request that goes away while its Postgres call is under
+// way is the client's doing, whatever pgx was doing when it noticed: waiting for a connection
+// to be opened to a Postgres that does not answer yet, or about to send the query (pgx then
+// reports a timeout). No 503, no "database unavailable" warning; an access line with status 499.
+func TestAClientThatHangsUpIsNotAnOutage(t *testing.T) {
+	hangUp := func(t *testing.T, e *env, path string, underway func() error) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", e.url+path, nil)
+		done := make(chan error, 1)
+		go func() {
+			res, err := http.DefaultClient.Do(req)
+			if err == nil {
+				res.Body.Close()
+			}
+			done <- err
+		}()
+		testenv.Eventually(t, 10*time.Second, underway)
+		cancel()
+		<-done
+		testenv.Eventually(t, 10*time.Second, func() error {
+			for _, l := range e.lines(t) {
+				if l.Msg == "request" && l.Route == path {
+					if l.Status != 499 || l.Level != "INFO" {
+						t.Errorf("the request was logged as %+v, want status 499 at info level", l)
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("no access line for %s yet", path)
+		})
+		if strings.Contains(e.logs.String(), "unavailable") || strings.Contains(e.logs.String(), `"level":"WARN"`) {
+			t.Errorf("a client hanging up was reported as an outage:\n%s", e.logs)
+		}
+	}
+
+	t.Run("while a connection is being opened", func(t *testing.T) {
+		pg := testenv.StartPostgres(t)
+		e := start(t, setup{databaseURL: testenv.CreateDatabase(t, pg.AdminURL())})
+		pg.Pause()
+		defer pg.Resume()
+		hangUp(t, e, "/sample", func() error {
+			if e.svc.Pool.Stat().ConstructingConns() == 0 {
+				return fmt.Errorf("no Postgres connection being opened yet")
+			}
+			return nil
+		})
+	})
+
+	t.Run("before the query is sent", func(t *testing.T) {
+		e := start(t, setup{})
+		stall := stallUntilGone{reached: make(chan struct{})}
+		pool, err := postgres.Open(context.Background(), postgres.Options{URL: e.databaseURL, MaxConns: 10, ConnectTimeout: 5 * time.Second, Tracer: stall})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		router := httpapi.NewRouter(httpapi.Deps{
+			Log: e.svc.Log, Direct: samples.NewPGStore(pool, e.svc.Config.DatabaseTimeout), Cached: e.svc.Cached,
+			PostgresReady: pool.Ping, RedisHealth: e.svc.Cache.Health, MaxBodyBytes: 1 << 20, RetryAfter: time.Second,
+		})
+		srv := httptest.NewServer(router)
+		t.Cleanup(srv.Close)
+		e.url = srv.URL
+		hangUp(t, e, "/sample", func() error {
+			select {
+			case <-stall.reached:
+				return nil
+			default:
+				return fmt.Errorf("the query has not been reached yet")
+			}
+		})
+	})
 }
 
 func TestEachRequestIsLoggedOnceWithItsOutcome(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"runtime/debug"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -49,7 +48,7 @@ func NewRouter(d Deps) *gin.Engine {
 
 	// Tracing first, so the access log and error lines carry the request's trace id.
 	r.Use(otelgin.Middleware("cacheside", otelgin.WithGinFilter(func(c *gin.Context) bool { return !untraced[c.FullPath()] })))
-	r.Use(accessLog(d.Log), recoverMiddleware(d.Log), errorsMiddleware(d.Log, d.RetryAfter))
+	r.Use(accessLog(d.Log), recoverMiddleware(), errorsMiddleware(d.RetryAfter))
 
 	h := handlers{d}
 	r.GET("/healthz", h.healthz)
@@ -73,32 +72,42 @@ func NewRouter(d Deps) *gin.Engine {
 	return r
 }
 
-// accessLog writes one line per request. Probes are logged at debug level so they don't drown
-// the lines that matter.
+// accessLog writes the one line of each request: at error level for a server fault (with the
+// error, and the stack of a panic), at warn level when a dependency was unavailable, at debug
+// level for probes so they don't drown the lines that matter.
 func accessLog(log *slog.Logger) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		start := time.Now()
 		c.Next()
 		route := c.FullPath()
+		status := c.Writer.Status()
 		level := slog.LevelInfo
 		switch {
 		case untraced[route]:
 			level = slog.LevelDebug
-		case c.Writer.Status() >= 500:
+		case status == http.StatusServiceUnavailable:
+			level = slog.LevelWarn
+		case status >= 500:
 			level = slog.LevelError
 		}
 		attrs := []slog.Attr{
 			slog.String("method", c.Request.Method),
 			slog.String("route", route),
-			slog.Int("status", c.Writer.Status()),
+			slog.Int("status", status),
 			slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
 			slog.Int("bytes", max(0, c.Writer.Size())),
 		}
 		if outcome := c.Writer.Header().Get("X-Cache"); outcome != "" {
 			attrs = append(attrs, slog.String("cache", outcome))
 		}
+		if status >= 500 || status == 499 {
+			if err := c.Errors.Last(); err != nil {
+				attrs = append(attrs, slog.String("err", err.Error()))
+			}
+		}
+		if p, ok := c.Get(panicKey); ok {
+			attrs = append(attrs, slog.String("panic", p.(panicked).value), slog.String("stack", p.(panicked).stack))
+		}
 		log.LogAttrs(c.Request.Context(), level, "request", attrs...)
 	}
 }
-
-func stack() string { return string(debug.Stack()) }

@@ -207,3 +207,46 @@ func plain(t *testing.T, v samples.View) []byte {
 	}
 	return testenv.Gunzip(t, v.Body)
 }
+
+// TestEveryStoreCallIsBoundedByTheQueryTimeout: with Postgres frozen (connections open, nothing
+// answered), every call returns "unavailable" after DATABASE_TIMEOUT, though its caller gave it
+// no deadline at all. Each call starts with an open connection in the pool, so it is the query,
+// not the dial (bounded by DATABASE_CONNECT_TIMEOUT), that waits.
+func TestEveryStoreCallIsBoundedByTheQueryTimeout(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	svc := testenv.Service(t, "DATABASE_URL="+testenv.CreateDatabase(t, pg.AdminURL()), "DATABASE_TIMEOUT=1s")
+	db := svc.Samples
+	s, err := db.Create(context.Background(), "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		call func(context.Context) error
+	}{
+		{"List", func(ctx context.Context) error { _, err := db.List(ctx); return err }},
+		{"Get", func(ctx context.Context) error { _, err := db.Get(ctx, s.ID); return err }},
+		{"Create", func(ctx context.Context) error { _, err := db.Create(ctx, "two"); return err }},
+		{"Update", func(ctx context.Context) error { _, err := db.Update(ctx, s.ID, "three"); return err }},
+		{"Delete", func(ctx context.Context) error { return db.Delete(ctx, s.ID) }},
+		{"Count", func(ctx context.Context) error { _, err := db.Count(ctx); return err }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := svc.Pool.Exec(context.Background(), "SELECT 1"); err != nil { // an open connection
+				t.Fatal(err)
+			}
+			pg.Pause()
+			defer pg.Resume()
+			done := make(chan error, 1)
+			go func() { done <- tc.call(context.Background()) }()
+			select {
+			case err := <-done:
+				if !errors.Is(err, samples.ErrUnavailable) {
+					t.Errorf("err = %v, want ErrUnavailable", err)
+				}
+			case <-time.After(30 * time.Second): // a hang guard, far above the timeout
+				t.Fatal("no answer after 30s with Postgres frozen: the call is not bounded")
+			}
+		})
+	}
+}

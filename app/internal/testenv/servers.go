@@ -237,9 +237,47 @@ func (s *PostgresServer) Start() {
 
 // Stop shuts the server down (fast mode: open sessions are terminated) and waits for it.
 func (s *PostgresServer) Stop() {
+	s.Resume()
 	_ = s.cmd.Process.Signal(syscall.SIGINT)
 	_ = s.cmd.Wait()
 	s.cmd = nil
+}
+
+// Pause freezes the postmaster and every backend (SIGSTOP): open connections get no answer, and
+// new ones are accepted by the kernel but never served, as with a server that hangs.
+func (s *PostgresServer) Pause() {
+	_ = s.cmd.Process.Signal(syscall.SIGSTOP) // first, so it forks no new backend meanwhile
+	for _, pid := range childrenOf(s.cmd.Process.Pid) {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+}
+
+// Resume undoes Pause.
+func (s *PostgresServer) Resume() {
+	for _, pid := range childrenOf(s.cmd.Process.Pid) {
+		_ = syscall.Kill(pid, syscall.SIGCONT)
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGCONT)
+}
+
+// childrenOf lists the processes whose parent is pid, from /proc.
+func childrenOf(pid int) []int {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var kids []int
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...; comm may hold spaces, so split after its closing paren.
+		rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+		fields := strings.Fields(rest)
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+			child, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+			kids = append(kids, child)
+		}
+	}
+	return kids
 }
 
 func pgBinDir(t testing.TB) string {

@@ -164,7 +164,7 @@ func Eventually(t testing.TB, within time.Duration, cond func() error) {
 // Redis, CACHE_KEY_PREFIX is private to the test (its keys are deleted at the end), and
 // overrides ("NAME=value") are applied last. A
 // test that needs another setting says so in its overrides, so defaults are what is tested.
-func Config(t *testing.T, overrides ...string) config.Config {
+func Config(t testing.TB, overrides ...string) config.Config {
 	t.Helper()
 	for _, v := range config.Vars() {
 		t.Setenv(v.Name, "") // registers the restore
@@ -192,7 +192,7 @@ func Config(t *testing.T, overrides ...string) config.Config {
 
 // Service assembles the service exactly as the binary does, from Config(t, overrides...), and
 // closes it when the test ends. Its log is shown if the test fails.
-func Service(t *testing.T, overrides ...string) *service.Service {
+func Service(t testing.TB, overrides ...string) *service.Service {
 	t.Helper()
 	logs := &Buffer{}
 	svc, err := service.Open(context.Background(), Config(t, overrides...), slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
