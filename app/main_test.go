@@ -171,6 +171,18 @@ func TestMigrateAndSeedPrepareADatabase(t *testing.T) {
 	}
 }
 
+// TestBulkCommandsAreNotHeldToTheRequestTimeout: requests' statements are cut off by Postgres
+// after DATABASE_TIMEOUT (statement_timeout), but seeding and migrating are bulk work that may
+// take longer, bounded by whoever runs them.
+func TestBulkCommandsAreNotHeldToTheRequestTimeout(t *testing.T) {
+	env := append(baseEnv(t), "DATABASE_TIMEOUT=20ms")
+	for _, args := range [][]string{{"migrate"}, {"seed", "-n", "200000", "-replace"}} {
+		if out, err := command(t, env, args...).CombinedOutput(); err != nil {
+			t.Errorf("%v with DATABASE_TIMEOUT=20ms: %v\n%s", args, err, out)
+		}
+	}
+}
+
 // TestSIGTERMFinishesInFlightRequestsThenExitsZero holds a request inside Postgres with a table
 // lock, sends SIGTERM, then releases the lock: the request must complete and the process exit 0.
 func TestSIGTERMFinishesInFlightRequestsThenExitsZero(t *testing.T) {

@@ -149,6 +149,11 @@ type Cache struct {
 	stopRedo  context.CancelFunc
 	redoDone  chan struct{}
 	closeOnce sync.Once
+
+	laterMu      sync.Mutex
+	later        map[*time.Timer][]Key // retirements scheduled by InvalidateAfter
+	laterRunning sync.WaitGroup
+	closing      bool
 }
 
 // A stored value is gen | kind | encoding | etag | body.
@@ -176,6 +181,7 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 		// Two connections stay free for health pings and the invalidations of writes.
 		slots:   semaphore.NewWeighted(int64(max(1, poolSize(rdb)-2))),
 		pending: newPending(),
+		later:   make(map[*time.Timer][]Key),
 		tracer:  otel.Tracer("github.com/cacheside/cacheside/app/cache"),
 	}
 	c.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
@@ -244,10 +250,11 @@ func poolSize(rdb redis.UniversalClient) int {
 	return n
 }
 
-// Close delivers what invalidations are still pending, trying until ctx ends, logs any it could
-// not deliver, and stops the background work. The Redis client is the caller's to close, after.
+// Close runs the retirements InvalidateAfter scheduled, delivers what invalidations are still
+// pending, trying until ctx ends, logs any it could not deliver, and stops the background work. The Redis client is the caller's to close, after.
 func (c *Cache) Close(ctx context.Context) {
 	c.closeOnce.Do(func() {
+		c.retireScheduled(ctx)
 		c.stopRedo()
 		<-c.redoDone
 		for f := c.pending.failed(); !f.empty(); f = c.pending.failed() {

@@ -42,6 +42,45 @@ func (c *Cache) Invalidate(ctx context.Context, keys ...Key) error {
 	return err
 }
 
+// InvalidateAfter retires keys once more after d, for a write whose outcome is unknown and which
+// may still land on the server until then. Close retires at once what is still scheduled (early,
+// but better than never).
+func (c *Cache) InvalidateAfter(d time.Duration, keys ...Key) {
+	c.laterMu.Lock()
+	defer c.laterMu.Unlock()
+	if c.closing {
+		return
+	}
+	var t *time.Timer
+	t = time.AfterFunc(d, func() {
+		c.laterMu.Lock()
+		if c.closing { // Close retires them
+			c.laterMu.Unlock()
+			return
+		}
+		delete(c.later, t)
+		c.laterRunning.Add(1)
+		c.laterMu.Unlock()
+		defer c.laterRunning.Done()
+		_ = c.Invalidate(context.Background(), keys...)
+	})
+	c.later[t] = keys
+}
+
+// retireScheduled stops the scheduled retirements and runs them now.
+func (c *Cache) retireScheduled(ctx context.Context) {
+	c.laterMu.Lock()
+	c.closing = true
+	scheduled := c.later
+	c.later = nil
+	c.laterMu.Unlock()
+	c.laterRunning.Wait()
+	for t, keys := range scheduled {
+		t.Stop()
+		_ = c.Invalidate(ctx, keys...)
+	}
+}
+
 // InvalidateSpace retires every key of a space, for bulk changes such as seeding. It scans the
 // generation keys (on every master in Cluster mode), so it is for rare administrative use.
 func (c *Cache) InvalidateSpace(ctx context.Context, space string) error {

@@ -29,7 +29,7 @@ type Config struct {
 
 	DatabaseURL            string        `envconfig:"DATABASE_URL" required:"true" desc:"Postgres URL, postgres://user:pass@host:5432/db?sslmode=…"`
 	DatabaseMaxConns       int32         `envconfig:"DATABASE_MAX_CONNS" default:"10" desc:"largest Postgres pool size"`
-	DatabaseTimeout        time.Duration `envconfig:"DATABASE_TIMEOUT" default:"5s" desc:"deadline for one Postgres query"`
+	DatabaseTimeout        time.Duration `envconfig:"DATABASE_TIMEOUT" default:"5s" desc:"deadline for one Postgres query, also set as the connections' statement_timeout (seeding and migrations lift it)"`
 	DatabaseConnectTimeout time.Duration `envconfig:"DATABASE_CONNECT_TIMEOUT" default:"5s" desc:"deadline for opening a Postgres connection"`
 	MigrateOnStart         bool          `envconfig:"DATABASE_MIGRATE_ON_START" default:"false" desc:"apply schema migrations before serving"`
 

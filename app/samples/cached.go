@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"time"
 
 	"github.com/cacheside/cacheside/app/cache"
 )
@@ -13,11 +14,14 @@ import (
 type CachedStore struct {
 	db    Store
 	cache *cache.Cache
+	late  time.Duration
 }
 
-// NewCachedStore wraps db with c.
-func NewCachedStore(db Store, c *cache.Cache) *CachedStore {
-	return &CachedStore{db: db, cache: c}
+// NewCachedStore wraps db with c. late bounds how long after a write returned with an unknown
+// outcome it can still land on the server (db's statement timeout, plus a margin): such a
+// write's views are retired at once, and once more when late has passed.
+func NewCachedStore(db Store, c *cache.Cache, late time.Duration) *CachedStore {
+	return &CachedStore{db: db, cache: c, late: late}
 }
 
 var listKey = cache.Key{Space: "list", ID: "all"}
@@ -61,7 +65,7 @@ func (s *CachedStore) Create(ctx context.Context, title string) (Sample, error) 
 		if created.ID != 0 { // the id was reserved before the insert, which may have happened
 			keys = append(keys, itemKey(created.ID))
 		}
-		_ = s.cache.Invalidate(ctx, keys...)
+		s.retire(ctx, err, keys...)
 	}
 	return created, err
 }
@@ -70,7 +74,7 @@ func (s *CachedStore) Create(ctx context.Context, title string) (Sample, error) 
 func (s *CachedStore) Update(ctx context.Context, id int64, title string) (Sample, error) {
 	updated, err := s.db.Update(ctx, id, title)
 	if mayHaveWritten(err) {
-		s.invalidate(ctx, id)
+		s.retire(ctx, err, listKey, itemKey(id))
 	}
 	return updated, err
 }
@@ -79,7 +83,7 @@ func (s *CachedStore) Update(ctx context.Context, id int64, title string) (Sampl
 func (s *CachedStore) Delete(ctx context.Context, id int64) error {
 	err := s.db.Delete(ctx, id)
 	if mayHaveWritten(err) {
-		s.invalidate(ctx, id)
+		s.retire(ctx, err, listKey, itemKey(id))
 	}
 	return err
 }
@@ -102,8 +106,14 @@ func (s *CachedStore) InvalidateAll(ctx context.Context) error {
 	return s.cache.InvalidateSpace(ctx, "item")
 }
 
-// invalidate never fails the write: the cache defers what Redis did not take, bypasses itself
-// for those keys and redelivers them.
-func (s *CachedStore) invalidate(ctx context.Context, id int64) {
-	_ = s.cache.Invalidate(ctx, listKey, itemKey(id))
+// retire never fails the write: the cache defers what Redis did not take, bypasses itself for
+// those keys and redelivers them. A write that failed may still be on its way: a statement whose
+// client gave up can run on the server, and commit, after the error came back (waiting for a row
+// lock, say), and a read in between could cache the old row again. So its views are retired once
+// more when it can no longer land.
+func (s *CachedStore) retire(ctx context.Context, writeErr error, keys ...cache.Key) {
+	_ = s.cache.Invalidate(ctx, keys...)
+	if writeErr != nil {
+		s.cache.InvalidateAfter(s.late, keys...)
+	}
 }

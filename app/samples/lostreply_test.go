@@ -70,7 +70,7 @@ func TestAWriteWhoseReplyIsLostStillRetiresWhatItChanged(t *testing.T) {
 	t.Cleanup(func() { rdb.Close() })
 	c := cache.New(rdb, service.CacheOptions(cfg, slog.Default()))
 	t.Cleanup(func() { c.Close(context.Background()) })
-	cached := samples.NewCachedStore(samples.NewPGStore(pool, cfg.DatabaseTimeout), c)
+	cached := samples.NewCachedStore(samples.NewPGStore(pool, cfg.DatabaseTimeout), c, service.LateWriteBound(cfg))
 	direct := testenv.Pool(t, dbURL) // around the proxy: sees what the server committed
 
 	ctx := context.Background()
@@ -166,4 +166,139 @@ func TestAWriteWhoseReplyIsLostStillRetiresWhatItChanged(t *testing.T) {
 			t.Errorf("after a delete that committed: item %s, list %s", item, list)
 		}
 	})
+}
+
+// TestAWriteThatLandsAfterItsClientGaveUpIsRetiredAgain: a statement whose client gave up can
+// still run on the server and commit after the error came back. pgx sends Postgres a cancel
+// request, on a new connection; when that is lost (here the network lets no new connection
+// through), an update waiting for a row lock commits once the lock is released. Its views were
+// retired when the error came back, and a read in between cached the old row again. Once the
+// write can no longer land (statement_timeout), its views are retired again, so the old row is
+// served for that long at most, not for the TTL.
+func TestAWriteThatLandsAfterItsClientGaveUpIsRetiredAgain(t *testing.T) {
+	dbURL := testenv.Database(t)
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := testenv.StartProxy(t, u.Host)
+	u.Host = proxy.Addr()
+	svc := testenv.Service(t, "DATABASE_URL="+u.String())
+	direct := testenv.Pool(t, dbURL)
+	ctx := context.Background()
+	s, err := svc.Cached.Create(ctx, "before")
+	if err != nil {
+		t.Fatal(err)
+	}
+	locker, err := direct.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Rollback(ctx)
+	if _, err := locker.Exec(ctx, "SELECT 1 FROM samples WHERE id = $1 FOR UPDATE", s.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	wctx, cancel := context.WithCancel(ctx)
+	updated := make(chan error, 1)
+	go func() { _, err := svc.Cached.Update(wctx, s.ID, "landed late"); updated <- err }()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		var waiting int
+		err := direct.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE NOT granted").Scan(&waiting)
+		if err == nil && waiting == 0 {
+			err = fmt.Errorf("the update is not waiting for the row yet")
+		}
+		return err
+	})
+	proxy.RefuseNew()
+	cancel()
+	if err := <-updated; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the update returned %v, want context.Canceled", err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if proxy.Refused() == 0 {
+			return fmt.Errorf("pgx has not tried to send its cancel request yet")
+		}
+		return nil
+	})
+	proxy.AcceptNew()
+	v, err := svc.Cached.Get(ctx, s.ID) // the old row, cached again after the first retirement
+	if err != nil || !strings.Contains(string(plain(t, v)), `"before"`) {
+		t.Fatalf("read before the write landed: %s %v", plain(t, v), err)
+	}
+	if err := locker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		var title string
+		if err := direct.QueryRow(ctx, "SELECT title FROM samples WHERE id = $1", s.ID).Scan(&title); err != nil || title != "landed late" {
+			return fmt.Errorf("the update has not landed: %q %v", title, err)
+		}
+		return nil
+	})
+	testenv.Eventually(t, service.LateWriteBound(svc.Config)+10*time.Second, func() error {
+		v, err := svc.Cached.Get(ctx, s.ID)
+		if err != nil || !strings.Contains(string(plain(t, v)), `"landed late"`) {
+			return fmt.Errorf("the cache still serves %s %v", plain(t, v), err)
+		}
+		return nil
+	})
+}
+
+// TestAWriteWhoseClientGaveUpCannotLandAfterTheQueryTimeout: Postgres itself abandons a
+// statement after DATABASE_TIMEOUT (statement_timeout), so a write whose client is gone and
+// whose cancel request was lost cannot land later than that: the bound the second retirement
+// of such a write relies on.
+func TestAWriteWhoseClientGaveUpCannotLandAfterTheQueryTimeout(t *testing.T) {
+	dbURL := testenv.Database(t)
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := testenv.StartProxy(t, u.Host)
+	u.Host = proxy.Addr()
+	svc := testenv.Service(t, "DATABASE_URL="+u.String(), "DATABASE_TIMEOUT=1s")
+	direct := testenv.Pool(t, dbURL)
+	ctx := context.Background()
+	s, err := svc.Samples.Create(ctx, "before")
+	if err != nil {
+		t.Fatal(err)
+	}
+	locker, err := direct.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Rollback(ctx)
+	if _, err := locker.Exec(ctx, "SELECT 1 FROM samples WHERE id = $1 FOR UPDATE", s.ID); err != nil {
+		t.Fatal(err)
+	}
+	waiters := func() (n int) {
+		_ = direct.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE NOT granted").Scan(&n)
+		return n
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	updated := make(chan error, 1)
+	go func() { _, err := svc.Samples.Update(wctx, s.ID, "too late"); updated <- err }()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if waiters() == 0 {
+			return fmt.Errorf("the update is not waiting for the row yet")
+		}
+		return nil
+	})
+	proxy.RefuseNew() // its cancel request is lost
+	cancel()
+	<-updated
+	testenv.Eventually(t, 30*time.Second, func() error { // the server gives up on its own
+		if n := waiters(); n != 0 {
+			return fmt.Errorf("the abandoned update still waits for the row")
+		}
+		return nil
+	})
+	if err := locker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var title string
+	if err := direct.QueryRow(ctx, "SELECT title FROM samples WHERE id = $1", s.ID).Scan(&title); err != nil || title != "before" {
+		t.Errorf("the row holds %q (%v): an abandoned write landed after the query timeout", title, err)
+	}
 }

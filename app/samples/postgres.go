@@ -97,6 +97,10 @@ func (s *PGStore) Delete(ctx context.Context, id int64) error {
 func (s *PGStore) Seed(ctx context.Context, n int, replace bool) (int64, error) {
 	var total int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Bulk work, bounded by its caller rather than by a request's statement_timeout.
+		if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = 0"); err != nil {
+			return err
+		}
 		if replace {
 			if _, err := tx.Exec(ctx, "DELETE FROM samples"); err != nil {
 				return err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,42 +13,26 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/internal/testenv"
 	"github.com/cacheside/cacheside/app/samples"
 )
 
-func stores(t *testing.T) (*samples.PGStore, *samples.CachedStore) {
-	return storesWith(t, false)
-}
-
-// storesWith returns the Postgres store and the cached store over it, with the near-cache on
-// when nearCache is set.
-func storesWith(t *testing.T, nearCache bool) (*samples.PGStore, *samples.CachedStore) {
+// stores returns the Postgres store and the cached store over it, assembled as the service
+// assembles them from its default configuration (overrides are NAME=value settings).
+func stores(t *testing.T, overrides ...string) (*samples.PGStore, *samples.CachedStore) {
 	t.Helper()
-	pool := testenv.Pool(t, testenv.Database(t))
-	rdb, prefix := testenv.Redis(t)
-	db := samples.NewPGStore(pool, 5*time.Second)
-	c := cache.New(rdb, cache.Options{
-		Prefix: prefix, TTL: time.Minute, Jitter: 0.1, NegativeTTL: 30 * time.Second,
-		OpTimeout: time.Second, LoadTimeout: 5 * time.Second, BreakerFailures: 3, BreakerCooldown: time.Second,
-		Compress: true, Local: nearCache, LocalTTL: time.Minute, LocalMaxBytes: 1 << 20,
-	})
-	t.Cleanup(func() { c.Close(context.Background()) })
-	if nearCache {
-		testenv.Eventually(t, 10*time.Second, func() error {
-			if h := c.Health(context.Background()); h.Local != "live" {
-				return fmt.Errorf("near-cache %s", h.Local)
-			}
-			return nil
-		})
-	}
-	return db, samples.NewCachedStore(db, c)
+	svc := testenv.Service(t, overrides...)
+	return svc.Samples, svc.Cached
 }
 
-// TestNoReadStartedAfterAWriteReturnedSeesOlderData runs writers and readers together on real
-// Postgres and Redis. Writers number their titles; a reader notes the newest number whose write
-// had returned when the read began, and must never see an older one, on the item or the list.
+// TestNoReadStartedAfterAWriteReturnedSeesOlderData runs a writer and readers together on real
+// Postgres and Redis, with the production settings, while Redis is frozen past REDIS_TIMEOUT and
+// restarted on a random schedule and some writes are cancelled mid-flight. The writer numbers
+// its titles; a reader notes the newest number whose write had returned (successfully) when the
+// read began, and must never see an older successful one, on the item or the list. A cancelled
+// write may or may not have happened, and may even land after later writes (its statement can
+// still be on its way to the server when the next one commits), so it sets no floor and reads
+// may show it at any time.
 func TestNoReadStartedAfterAWriteReturnedSeesOlderData(t *testing.T) {
 	for _, near := range []bool{false, true} {
 		t.Run(fmt.Sprintf("near-cache %v", near), func(t *testing.T) { readAfterWrite(t, near) })
@@ -55,34 +40,83 @@ func TestNoReadStartedAfterAWriteReturnedSeesOlderData(t *testing.T) {
 }
 
 func readAfterWrite(t *testing.T, nearCache bool) {
-	db, cached := storesWith(t, nearCache)
+	redisSrv := testenv.StartRedis(t)
+	db, cached := stores(t, "REDIS_URL="+redisSrv.URL(), fmt.Sprintf("CACHE_LOCAL_ENABLED=%v", nearCache))
 	ctx := context.Background()
 	s, err := cached.Create(ctx, "v0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var returned atomic.Int64 // newest version whose write has returned
-	const writes = 150
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	var rngMu sync.Mutex
+	random := func(n int) time.Duration { rngMu.Lock(); defer rngMu.Unlock(); return time.Duration(rng.IntN(n)) }
 
-	version := func(title string) int64 {
-		n, err := strconv.ParseInt(strings.TrimPrefix(title, "v"), 10, 64)
-		if err != nil {
-			t.Fatalf("unexpected title %q", title)
-		}
-		return n
-	}
+	var returned atomic.Int64 // newest version whose write returned successfully
+	// The run ends once both are reached, not after a set time.
+	const minWrites, minFaults = 120, 8
 	var wg sync.WaitGroup
 	done := make(chan struct{})
-	wg.Go(func() {
-		defer close(done)
-		for v := int64(1); v <= writes; v++ {
-			if _, err := cached.Update(ctx, s.ID, fmt.Sprintf("v%d", v)); err != nil {
-				t.Error(err)
+
+	var faults atomic.Int64
+	wg.Go(func() { // the fault schedule: Redis frozen past its timeout, or restarted (emptied)
+		for {
+			select {
+			case <-done:
 				return
+			case <-time.After(random(300) * time.Millisecond):
 			}
-			returned.Store(v)
+			faults.Add(1)
+			if random(4) == 0 {
+				redisSrv.Stop()
+				redisSrv.Start()
+				continue
+			}
+			redisSrv.Pause()
+			time.Sleep((250 + random(400)) * time.Millisecond)
+			redisSrv.Resume()
 		}
 	})
+	var cancelled, writes atomic.Int64
+	var cancelledVersions sync.Map // versions whose write was cancelled
+	wg.Go(func() {
+		defer close(done)
+		for v := int64(1); v <= minWrites || faults.Load() < minFaults; v++ {
+			writes.Store(v)
+			wctx, cancel := context.WithCancel(ctx)
+			if random(5) == 0 { // a client that gives up mid-write
+				cancelled.Add(1)
+				cancelledVersions.Store(v, true) // before the write: a read may see it at once
+				time.AfterFunc(random(3000)*time.Microsecond, cancel)
+			}
+			_, err := cached.Update(wctx, s.ID, fmt.Sprintf("v%d", v))
+			cancel()
+			switch {
+			case err == nil:
+				returned.Store(v)
+			case errors.Is(err, context.Canceled):
+				cancelledVersions.Store(v, true)
+			default:
+				t.Errorf("update v%d: %v", v, err)
+				return
+			}
+		}
+	})
+
+	version := func(title string) (int64, bool) {
+		n, err := strconv.ParseInt(strings.TrimPrefix(title, "v"), 10, 64)
+		if err != nil {
+			t.Errorf("unexpected title %q", title)
+			return 0, false
+		}
+		return n, true
+	}
+	// stale reports a version older than floor that no cancelled write could explain.
+	stale := func(v, floor int64) bool {
+		_, late := cancelledVersions.Load(v)
+		return v < floor && !late
+	}
 	var reads atomic.Int64
 	for range 4 {
 		wg.Go(func() {
@@ -103,8 +137,9 @@ func readAfterWrite(t *testing.T, nearCache bool) {
 					t.Error(err)
 					return
 				}
-				if v := version(one.Title); v < floor {
-					t.Errorf("item read began after v%d returned but saw v%d (%s)", floor, v, item.Cache)
+				if v, ok := version(one.Title); !ok || stale(v, floor) {
+					t.Errorf("item read began after v%d returned but saw %s (%s %s)", floor, one.Title, item.Cache, item.Tier)
+					return
 				}
 				list, err := cached.List(ctx)
 				if err != nil {
@@ -116,20 +151,26 @@ func readAfterWrite(t *testing.T, nearCache bool) {
 					t.Errorf("list: %v %s", err, plain(t, list))
 					return
 				}
-				if v := version(all[0].Title); v < floor {
-					t.Errorf("list read began after v%d returned but saw v%d (%s)", floor, v, list.Cache)
+				if v, ok := version(all[0].Title); !ok || stale(v, floor) {
+					t.Errorf("list read began after v%d returned but saw %s (%s %s)", floor, all[0].Title, list.Cache, list.Tier)
+					return
 				}
 				reads.Add(1)
 			}
 		})
 	}
 	wg.Wait()
-	if reads.Load() < writes/10 {
-		t.Errorf("only %d reads overlapped %d writes: the test did not exercise concurrency", reads.Load(), writes)
+	t.Logf("%d reads, %d writes (%d cancelled), %d Redis faults", reads.Load(), writes.Load(), cancelled.Load(), faults.Load())
+	if reads.Load() < writes.Load()/10 {
+		t.Errorf("only %d reads overlapped %d writes: the test did not exercise concurrency", reads.Load(), writes.Load())
 	}
 	final, err := db.Get(ctx, s.ID)
-	if err != nil || !strings.Contains(string(final.Body), fmt.Sprintf(`"v%d"`, writes)) {
-		t.Errorf("final row %s %v", final.Body, err)
+	var row samples.Sample
+	if err == nil {
+		err = json.Unmarshal(final.Body, &row)
+	}
+	if v, ok := version(row.Title); err != nil || !ok || stale(v, returned.Load()) {
+		t.Errorf("the row holds %q (%v) after v%d returned", row.Title, err, returned.Load())
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -44,6 +45,7 @@ type Service struct {
 func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, error) {
 	pool, err := postgres.Open(ctx, postgres.Options{
 		URL: cfg.DatabaseURL, MaxConns: cfg.DatabaseMaxConns, ConnectTimeout: cfg.DatabaseConnectTimeout,
+		StatementTimeout: cfg.DatabaseTimeout,
 		// Query text without parameter values; spans only inside a request's trace.
 		Tracer: otelpgx.NewTracer(),
 	})
@@ -77,9 +79,14 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, e
 	db := samples.NewPGStore(pool, cfg.DatabaseTimeout)
 	return &Service{
 		Config: cfg, Log: log, Pool: pool, Redis: rdb, Cache: c,
-		Samples: db, Cached: samples.NewCachedStore(db, c),
+		Samples: db, Cached: samples.NewCachedStore(db, c, LateWriteBound(cfg)),
 	}, nil
 }
+
+// LateWriteBound is how long after it returned a write whose outcome is unknown can still land:
+// Postgres abandons a statement after its statement_timeout (DATABASE_TIMEOUT), and a second is
+// added for the statement to reach the server and for clocks to tick apart.
+func LateWriteBound(cfg config.Config) time.Duration { return cfg.DatabaseTimeout + time.Second }
 
 // CacheOptions maps the configuration onto the cache engine's options.
 func CacheOptions(cfg config.Config, log *slog.Logger) cache.Options {

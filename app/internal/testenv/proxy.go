@@ -21,6 +21,8 @@ type Proxy struct {
 	mu         sync.Mutex
 	held       bool
 	holdOnExec bool // hold once the next Execute message has gone through
+	refuse     bool // close new connections at once
+	refused    int
 	freed      *sync.Cond
 	conns      []net.Conn
 }
@@ -63,11 +65,32 @@ func (p *Proxy) Release() {
 	p.mu.Unlock()
 }
 
+// RefuseNew closes every new connection at once, as a network that lets established connections
+// through but not new ones would: a query's cancel request, which pgx sends on a new connection
+// when a query's context ends, is then lost. Refused counts them; AcceptNew ends it.
+func (p *Proxy) RefuseNew() { p.mu.Lock(); p.refuse = true; p.mu.Unlock() }
+
+// AcceptNew undoes RefuseNew.
+func (p *Proxy) AcceptNew() { p.mu.Lock(); p.refuse = false; p.mu.Unlock() }
+
+// Refused is how many connections RefuseNew closed.
+func (p *Proxy) Refused() int { p.mu.Lock(); defer p.mu.Unlock(); return p.refused }
+
 func (p *Proxy) accept() {
 	for {
 		client, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		p.mu.Lock()
+		refuse := p.refuse
+		if refuse {
+			p.refused++
+		}
+		p.mu.Unlock()
+		if refuse {
+			client.Close()
+			continue
 		}
 		server, err := net.Dial("tcp", p.upstream)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -27,7 +28,11 @@ type Options struct {
 	URL            string
 	MaxConns       int32
 	ConnectTimeout time.Duration
-	Tracer         pgx.QueryTracer // optional, e.g. OpenTelemetry
+	// StatementTimeout is set as the connections' statement_timeout: Postgres itself abandons a
+	// statement that runs longer, so a statement whose client gave up (a cancelled request) can
+	// land no later than this after it started. Zero leaves the server's default.
+	StatementTimeout time.Duration
+	Tracer           pgx.QueryTracer // optional, e.g. OpenTelemetry
 }
 
 // Open builds a pool without connecting: the service must start, and report itself unready,
@@ -42,6 +47,9 @@ func Open(ctx context.Context, o Options) (*pgxpool.Pool, error) {
 	}
 	if o.ConnectTimeout > 0 {
 		cfg.ConnConfig.ConnectTimeout = o.ConnectTimeout
+	}
+	if o.StatementTimeout > 0 {
+		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(o.StatementTimeout.Milliseconds(), 10)
 	}
 	cfg.ConnConfig.Tracer = o.Tracer
 	// A recycled connection found broken is dropped before use rather than failing a request.
@@ -61,6 +69,11 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 		return fmt.Errorf("acquiring connection: %w", err)
 	}
 	defer conn.Release()
+	// A migration may run for longer than a request's statement_timeout.
+	if _, err := conn.Exec(ctx, "SET statement_timeout = 0"); err != nil {
+		return fmt.Errorf("lifting the statement timeout: %w", err)
+	}
+	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "RESET statement_timeout") }()
 	m, err := migrate.NewMigrator(ctx, conn.Conn(), "schema_version")
 	if err != nil {
 		return fmt.Errorf("creating migrator: %w", err)
