@@ -18,8 +18,8 @@ import (
 func masterAndReplica(t testing.TB) (master, replica *testenv.RedisServer) {
 	t.Helper()
 	master = testenv.StartRedis(t)
-	replica = testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(master.Port))
-	r := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", replica.Port)})
+	replica = testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(master.Port()))
+	r := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", replica.Port())})
 	defer r.Close()
 	testenv.Eventually(t, 30*time.Second, func() error {
 		info, err := r.Info(context.Background(), "replication").Result()
@@ -38,7 +38,7 @@ func masterAndReplica(t testing.TB) (master, replica *testenv.RedisServer) {
 // keep its invalidation, and a replica that cannot confirm makes the invalidation pending instead.
 func TestAFailoverCannotBringARetiredGenerationBackWithWait(t *testing.T) {
 	master, replica := masterAndReplica(t)
-	onReplica := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", replica.Port)})
+	onReplica := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", replica.Port())})
 	t.Cleanup(func() { onReplica.Close() })
 	generation := func(rdb *redis.Client) string { return rdb.Get(context.Background(), "t:{item:1}:g").Val() }
 
@@ -93,7 +93,7 @@ func BenchmarkInvalidate(b *testing.B) {
 	master, _ := masterAndReplica(b)
 	for _, replicas := range []int{0, 1} {
 		b.Run(fmt.Sprintf("WAIT for %d replicas", replicas), func(b *testing.B) {
-			rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", master.Port)})
+			rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", master.Port())})
 			defer rdb.Close()
 			o := options("t")
 			o.WaitReplicas = replicas
