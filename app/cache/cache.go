@@ -130,18 +130,19 @@ type Options struct {
 
 // Cache is safe for concurrent use.
 type Cache struct {
-	rdb     redis.UniversalClient
-	opts    Options
-	genTTL  time.Duration
-	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
-	failed  atomic.Int64        // when the last failure the breaker counted was seen (UnixNano)
-	slots   *semaphore.Weighted // Redis operations in flight, at most the pool's size
-	reads   rounds              // shared lookups
-	loads   flights             // shared loads
-	pending *pending
-	tracer  trace.Tracer
-	lookups metric.Int64Counter
-	sourced metric.Int64Counter
+	rdb      redis.UniversalClient
+	opts     Options
+	genTTL   time.Duration
+	breaker  *gobreaker.TwoStepCircuitBreaker[struct{}]
+	failed   atomic.Int64        // when the last failure the breaker counted was seen (UnixNano)
+	slots    *semaphore.Weighted // Redis operations in flight, at most the pool's size
+	reads    rounds[looked]      // shared lookups
+	loads    flights             // shared loads of a generation
+	bypasses rounds[loaded]      // shared loads that bypass Redis
+	pending  *pending
+	tracer   trace.Tracer
+	lookups  metric.Int64Counter
+	sourced  metric.Int64Counter
 
 	near      *local // nil when off
 	stopNear  context.CancelFunc
@@ -337,8 +338,23 @@ func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (Result, error) {
 	case <-ctx.Done():
 		return Result{Outcome: Miss}, ctx.Err()
 	}
-	if r.res.hit != nil {
+	switch {
+	case r.res.hit != nil:
 		return *r.res.hit, nil
+	case r.res.bypass != nil:
+		why := r.res.bypass
+		b, joined := c.bypasses.join(ctx, vk, func(ctx context.Context) loaded {
+			res, err := c.bypass(ctx, k, load, why)
+			return loaded{res, err}
+		})
+		select {
+		case <-b.done:
+		case <-ctx.Done():
+			return Result{Outcome: Bypass}, ctx.Err()
+		}
+		res := b.res.res
+		res.Shared = joined
+		return res, b.res.err
 	}
 	fl := r.res.flight
 	fl.waiters.Add(1)
@@ -353,15 +369,11 @@ func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (Result, error) {
 	return res, fl.err
 }
 
-// look is one round: the lookup in Redis, and on a miss the flight that loads the value. It
-// runs detached from the requests waiting on it.
+// look is one lookup round: the lookup in Redis, and on a miss the flight that loads the value
+// of the generation it saw. It runs detached from the requests waiting on it.
 func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
-	bypass := func(why error) looked {
-		fl, _ := c.loads.attach(ctx, "", func(ctx context.Context) (Result, error) { return c.bypass(ctx, k, load, why) })
-		return looked{flight: fl, started: true}
-	}
 	if c.pending.has(k) {
-		return bypass(errPending)
+		return looked{bypass: errPending}
 	}
 	vk := c.valKey(k)
 	var version uint64
@@ -370,7 +382,7 @@ func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
 	}
 	gen, cached, err := c.lookup(ctx, k)
 	if err != nil {
-		return bypass(err)
+		return looked{bypass: err}
 	}
 	if cached != nil {
 		if c.near != nil {

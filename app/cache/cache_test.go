@@ -410,6 +410,59 @@ func TestConcurrentMissesShareOneLoad(t *testing.T) {
 	}
 }
 
+// TestAStormWhileRedisIsDownSharesItsLoads: with Redis down and the breaker open, lookups fail at
+// once and hold nobody back, so reads cannot share them; the loads that bypass Redis are shared in
+// rounds of their own instead. The first load is held until every caller waits: all but its
+// own reader share the next one. A thousand reads, two loads.
+func TestAStormWhileRedisIsDownSharesItsLoads(t *testing.T) {
+	const callers = 1000
+	srv := testenv.StartRedis(t)
+	cfg := testenv.Config(t, "REDIS_URL="+srv.URL())
+	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Timeout: cfg.RedisTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	c := cache.New(rdb, service.CacheOptions(cfg, slog.Default()))
+	t.Cleanup(func() { c.Close(context.Background()) })
+	srv.Stop()
+	src := &source{value: "v"}
+	testenv.Eventually(t, 30*time.Second, func() error { // failures in series open the breaker
+		fetch(t, c, src.load)
+		if h := c.Health(context.Background()); h.Breaker != "open" {
+			return fmt.Errorf("breaker %s", h.Breaker)
+		}
+		return nil
+	})
+
+	before := src.reads.Load()
+	gate := make(chan struct{})
+	var once sync.Once
+	load := func(ctx context.Context) ([]byte, error) {
+		once.Do(func() { <-gate }) // only the first load waits
+		return src.load(ctx)
+	}
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			if res, err := c.Fetch(context.Background(), key, load); err != nil || res.Outcome != cache.Bypass {
+				t.Errorf("a read with Redis down: %s %v, want a BYPASS", res.Outcome, err)
+			}
+		})
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := c.WaitingOnBypass(key); n < callers {
+			return fmt.Errorf("%d of %d callers wait on a load", n, callers)
+		}
+		return nil
+	})
+	close(gate)
+	wg.Wait()
+	if n := src.reads.Load() - before; n != 2 {
+		t.Errorf("%d reads with Redis down caused %d loads, want 2", callers, n)
+	}
+}
+
 // TestAStormAcrossKeysNeverWaitsForAConnection: a thousand reads of different cold keys at once,
 // on the production settings, cannot share lookups. Had they queued for pooled connections, the
 // wait would have eaten each operation's REDIS_TIMEOUT and the timeouts, this process's own

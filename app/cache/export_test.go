@@ -15,3 +15,6 @@ var ErrSaturated = errSaturated
 
 // ErrBreakerOpen is the reason of a read that found the circuit breaker open.
 var ErrBreakerOpen = errBreakerOpen
+
+// WaitingOnBypass reports how many reads of k are in a round of loads that bypass Redis.
+func (c *Cache) WaitingOnBypass(k Key) int { return c.bypasses.members(c.valKey(k)) }

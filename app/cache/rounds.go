@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 )
 
-// Concurrent reads of a key share their work in two ways.
+// Concurrent reads of a key share their work.
 //
 // Lookups are shared in rounds. A read joins only a round that has not started yet; per key at
 // most one round runs and one waits, and the waiting one starts when the running one ends. So a
@@ -21,53 +21,65 @@ import (
 // that began earlier is safe here: a write retires the generation, so a read that starts after
 // a write returned sees a new generation and never joins a flight of the old one. A flight runs
 // outside the rounds, so a slow load never holds up the lookups behind it.
-type rounds struct {
+//
+// Loads that bypass Redis (it is unusable, or an invalidation of the key is unconfirmed) have no
+// generation to key a flight by, so they are shared in rounds of their own: a read joins only a
+// bypass load that has not started yet, and a storm costs two loads even while the breaker is
+// open and lookups fail at once.
+type rounds[T any] struct {
 	mu   sync.Mutex
-	keys map[string]*keyRounds
+	keys map[string]*keyRounds[T]
 }
 
-type keyRounds struct {
-	running, next *round
+type keyRounds[T any] struct {
+	running, next *round[T]
 }
 
-// A round is one shared lookup. It runs on its own goroutine with the context of the read that
-// opened it, detached from that read's cancellation: the others waiting on it must still get
-// their answer.
-type round struct {
+// A round is one piece of shared work. It runs on its own goroutine with the context of the
+// read that opened it, detached from that read's cancellation: the others waiting on it must
+// still get their answer.
+type round[T any] struct {
 	ctx     context.Context
-	look    func(context.Context) looked
+	work    func(context.Context) T
 	done    chan struct{}
-	res     looked
+	res     T
 	members int // reads that joined, the opener included
 }
 
-// looked is a round's answer: a hit, or the flight that serves the miss or bypass (and whether
-// this round started it).
+// looked is a lookup round's answer: a hit, the flight that serves a miss (and whether this
+// round started it), or why Redis cannot be used.
 type looked struct {
 	hit     *Result
 	flight  *flight
 	started bool
+	bypass  error
+}
+
+// loaded is a bypass round's answer.
+type loaded struct {
+	res Result
+	err error
 }
 
 // join returns the round the read takes part in and whether another read opened it.
-func (g *rounds) join(ctx context.Context, key string, look func(context.Context) looked) (r *round, joined bool) {
+func (g *rounds[T]) join(ctx context.Context, key string, work func(context.Context) T) (r *round[T], joined bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.keys == nil {
-		g.keys = make(map[string]*keyRounds)
+		g.keys = make(map[string]*keyRounds[T])
 	}
 	kr := g.keys[key]
 	if kr == nil {
-		kr = &keyRounds{}
+		kr = &keyRounds[T]{}
 		g.keys[key] = kr
 	}
 	switch {
 	case kr.running == nil:
-		r = newRound(ctx, look)
+		r = newRound(ctx, work)
 		kr.running = r
 		go g.run(key, kr)
 	case kr.next == nil:
-		r = newRound(ctx, look)
+		r = newRound(ctx, work)
 		kr.next = r
 	default:
 		r, joined = kr.next, true
@@ -76,17 +88,17 @@ func (g *rounds) join(ctx context.Context, key string, look func(context.Context
 	return r, joined
 }
 
-func newRound(ctx context.Context, look func(context.Context) looked) *round {
-	return &round{ctx: context.WithoutCancel(ctx), look: look, done: make(chan struct{})}
+func newRound[T any](ctx context.Context, work func(context.Context) T) *round[T] {
+	return &round[T]{ctx: context.WithoutCancel(ctx), work: work, done: make(chan struct{})}
 }
 
 // run works through the key's rounds until none is waiting.
-func (g *rounds) run(key string, kr *keyRounds) {
+func (g *rounds[T]) run(key string, kr *keyRounds[T]) {
 	g.mu.Lock()
 	r := kr.running
 	g.mu.Unlock()
 	for r != nil {
-		r.res = r.look(r.ctx)
+		r.res = r.work(r.ctx)
 		close(r.done)
 		g.mu.Lock()
 		kr.running, kr.next = kr.next, nil
@@ -99,12 +111,12 @@ func (g *rounds) run(key string, kr *keyRounds) {
 }
 
 // members is how many reads of key are in a round.
-func (g *rounds) members(key string) int {
+func (g *rounds[T]) members(key string) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	n := 0
 	if kr := g.keys[key]; kr != nil {
-		for _, r := range []*round{kr.running, kr.next} {
+		for _, r := range []*round[T]{kr.running, kr.next} {
 			if r != nil {
 				n += r.members
 			}
@@ -128,30 +140,24 @@ type flights struct {
 }
 
 // attach returns the flight named name, starting it with load if none is running, and whether
-// it started it. A private flight (a bypass shared by one round's members) has no name.
+// it started it.
 func (f *flights) attach(ctx context.Context, name string, load func(context.Context) (Result, error)) (*flight, bool) {
-	if name != "" {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if fl := f.m[name]; fl != nil {
-			return fl, false
-		}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fl := f.m[name]; fl != nil {
+		return fl, false
 	}
 	fl := &flight{done: make(chan struct{})}
-	if name != "" {
-		if f.m == nil {
-			f.m = make(map[string]*flight)
-		}
-		f.m[name] = fl
+	if f.m == nil {
+		f.m = make(map[string]*flight)
 	}
+	f.m[name] = fl
 	ctx = context.WithoutCancel(ctx)
 	go func() {
 		fl.res, fl.err = load(ctx)
-		if name != "" {
-			f.mu.Lock()
-			delete(f.m, name)
-			f.mu.Unlock()
-		}
+		f.mu.Lock()
+		delete(f.m, name)
+		f.mu.Unlock()
 		close(fl.done)
 	}()
 	return fl, true

@@ -14,7 +14,7 @@ import (
 // which began before they did.
 func TestARoundIsSharedByEveryReadThatArrivedWhileTheLastRan(t *testing.T) {
 	const late = 999
-	var g rounds
+	var g rounds[looked]
 	var lookups atomic.Int32
 	firstRuns, releaseFirst := make(chan struct{}), make(chan struct{})
 	look := func(context.Context) looked {
