@@ -157,10 +157,27 @@ func (r *Redis) Resume() {
 func (r *Redis) pidFile() string { return filepath.Join(r.opts.Dir, "redis.pid") }
 func (r *Redis) logFile() string { return filepath.Join(r.opts.Dir, "log") }
 
+// ping speaks RESP itself: a go-redis client would log every refused dial while a server starts.
 func ping(ctx context.Context, port int) error {
-	c := redis.NewClient(&redis.Options{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), MaxRetries: -1, DialTimeout: time.Second})
-	defer c.Close()
-	return c.Ping(ctx).Err()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	reply := make([]byte, 7)
+	n, err := io.ReadAtLeast(conn, reply, 5)
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(string(reply[:n]), "+PONG") {
+		return fmt.Errorf("unexpected reply %q", reply[:n])
+	}
+	return nil
 }
 
 // StartRedisSentinel starts a master and one Sentinel watching it as "mymaster", in dir, and
