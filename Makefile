@@ -15,7 +15,7 @@ STATICCHECK_VERSION := v0.8.2
 # Extra arguments for the scripts, e.g. make test ARGS='-run TestCache -v'
 ARGS ?=
 
-.PHONY: help run test chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench
+.PHONY: help run test soak chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench
 
 help: ## Show this help
 	@echo 'Usage: make <target> [ARGS=...]'
@@ -25,10 +25,14 @@ help: ## Show this help
 run: ## Run everything locally: dev Postgres + Redis, migrate, seed, serve
 	bash hack/run.sh
 
-test: ## Every test: Go (-race) against throwaway Postgres, Redis and Jaeger, then chart, image, workflow, Tiltfile and k8s/ checks
+test: ## Every test: Go (-race) against throwaway Postgres, Redis and Jaeger, short checked soaks, then chart, image, workflow, Tiltfile and k8s/ checks
 	bash hack/test.sh $(ARGS)
+	cd hack/soak && GOWORK=off $(GO) test -count=1 -timeout 20m ./...
 	bash hack/chart-test.sh
 	bash hack/ci-check.sh
+
+soak: ## The checked soak under faults: two services, chaos, porcupine (ARGS e.g. -d 10m -near-cache -seed N)
+	cd hack/soak && GOWORK=off $(GO) run . $(ARGS)
 
 chart-test: ## Helm chart and Dockerfile checks, no cluster or Docker needed (ARGS go to go test)
 	bash hack/chart-test.sh $(ARGS)
@@ -56,10 +60,11 @@ lint: ## gofmt check, go vet, staticcheck
 	$(GO) vet ./...; \
 	echo '==> staticcheck@$(STATICCHECK_VERSION) ./...'; \
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...; \
-	echo '==> staticcheck charts/tests hack/tools hack/tiltcheck'; \
+	echo '==> staticcheck charts/tests hack/tools hack/tiltcheck hack/soak'; \
 	(cd charts/tests && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...); \
 	(cd hack/tools && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./k8sjsonschema); \
-	(cd hack/tiltcheck && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
+	(cd hack/tiltcheck && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...); \
+	(cd hack/soak && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
 	@echo '==> shellcheck hack/*.sh hack/lib/*.sh'
 	@shellcheck -x hack/*.sh hack/lib/*.sh
 

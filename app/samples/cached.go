@@ -72,6 +72,10 @@ func (s *CachedStore) Create(ctx context.Context, title string) (Sample, error) 
 
 // Update changes a sample and retires the list and that item.
 func (s *CachedStore) Update(ctx context.Context, id int64, title string) (Sample, error) {
+	if retireBeforeCommit {
+		_ = s.cache.Invalidate(ctx, listKey, itemKey(id))
+		return s.db.Update(ctx, id, title)
+	}
 	updated, err := s.db.Update(ctx, id, title)
 	if mayHaveWritten(err) {
 		s.retire(ctx, err, listKey, itemKey(id))

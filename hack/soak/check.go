@@ -1,0 +1,329 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+)
+
+// nearCacheTTL is CACHE_LOCAL_TTL's default: how old a near-cache hit may be.
+const nearCacheTTL = 2 * time.Second
+
+// never is the end of a write whose outcome is unknown: it may apply at any time after it began.
+const never = math.MaxInt64
+
+// histories turns the records into porcupine operations, one sample at a time (the whole run
+// at once would not fit in memory: a list read is a read of every sample).
+type histories struct {
+	rec *recording
+	ids []int64 // every sample that ever existed
+
+	initial   map[int64]string // the seeded samples' titles
+	born      map[int64]int64  // when the first write that could have made a sample began
+	gone      map[int64]int64  // when an acknowledged delete of a sample had returned
+	titleOf   map[string]int64 // which sample each observed title belongs to
+	firstSeen map[string]int64 // when the earliest read that saw a title returned
+
+	presentAtEnd, ackedDelete map[int64]bool
+	unknownDeletes            map[int64]int
+}
+
+func newHistories(rec *recording) *histories {
+	h := &histories{rec: rec, initial: map[int64]string{}, born: map[int64]int64{}, gone: map[int64]int64{},
+		titleOf: map[string]int64{}, firstSeen: map[string]int64{},
+		presentAtEnd: map[int64]bool{}, ackedDelete: map[int64]bool{}, unknownDeletes: map[int64]int{}}
+	for _, s := range rec.Initial {
+		h.initial[s.ID], h.born[s.ID] = s.Title, 0
+	}
+	for _, r := range rec.Records {
+		for _, s := range r.Seen {
+			h.titleOf[s.Title] = s.ID
+			if t, ok := h.firstSeen[s.Title]; !ok || r.Ret < t {
+				h.firstSeen[s.Title] = r.Ret
+			}
+		}
+		switch {
+		case r.Final && r.Kind == "item" && r.Status == 200:
+			h.presentAtEnd[r.ID] = true
+		case r.Kind == "delete" && r.Status == 204:
+			h.ackedDelete[r.ID] = true
+			if t, ok := h.gone[r.ID]; !ok || r.Ret < t {
+				h.gone[r.ID] = r.Ret
+			}
+		case r.Kind == "delete" && outcomeOf(r) == outcomeUnknown:
+			h.unknownDeletes[r.ID]++
+		}
+	}
+	for _, r := range rec.Records {
+		if r.Kind != "create" {
+			continue
+		}
+		id := r.ID
+		if id == 0 {
+			id = h.titleOf[r.Title]
+		}
+		if _, known := h.born[id]; id != 0 && (!known || r.Call < h.born[id]) {
+			h.born[id] = r.Call
+		}
+	}
+	for id := range h.born {
+		h.ids = append(h.ids, id)
+	}
+	slices.Sort(h.ids)
+	return h
+}
+
+// of returns the operations on sample id, and which of them are the final reads.
+func (h *histories) of(id int64) (ops []porcupine.Operation, final []bool) {
+	add := func(op porcupine.Operation, isFinal bool) {
+		ops, final = append(ops, op), append(final, isFinal)
+	}
+	_, seeded := h.initial[id]
+	add(porcupine.Operation{Input: input{Kind: opInit, Key: id, Value: value{seeded, h.initial[id]}}, Output: output{}, Call: -2, Return: -1}, false)
+
+	for n, r := range h.rec.Records {
+		client := r.Client + 1
+		switch r.Kind {
+		case "list", "direct", "item":
+			if r.Kind == "item" && r.ID != id || r.Status != 200 && !(r.Kind == "item" && r.Status == 404) {
+				continue // another sample, or no observation
+			}
+			i := slices.IndexFunc(r.Seen, func(s sample) bool { return s.ID == id })
+			if t, dead := h.gone[id]; i < 0 && (h.born[id] > r.Ret || dead && t < r.Call) {
+				continue // absent before it could exist, or after it was certainly gone: trivially right
+			}
+			observed := value{}
+			if i >= 0 {
+				observed = value{true, r.Seen[i].Title}
+			}
+			tier := tierRedis
+			if r.Tier == "local" {
+				tier = tierLocal
+			}
+			meta := fmt.Sprintf("%s on %s: %s %s at %s", r.Kind, procName(r.Proc), r.Cache, r.Tier, time.Duration(r.Call))
+			add(porcupine.Operation{ClientId: client, Input: input{Kind: opRead, Key: id, Proc: r.Proc, Tier: tier},
+				Output: output{Value: observed}, Call: r.Call, Return: r.Ret, Metadata: meta}, r.Final)
+
+		case "create", "update", "delete":
+			key := r.ID
+			if r.Kind == "create" && key == 0 {
+				key = h.titleOf[r.Title]
+			}
+			if key != id {
+				continue
+			}
+			out, ret := outcomeOf(r), r.Ret
+			if out == outcomeUnknown {
+				if ret = h.unknownEnd(r); ret == 0 {
+					continue
+				}
+			}
+			kind := map[string]opKind{"create": opCreate, "update": opUpdate, "delete": opDelete}[r.Kind]
+			meta := fmt.Sprintf("%s on %s: status %d %s at %s", r.Kind, procName(r.Proc), r.Status, r.Err, time.Duration(r.Call))
+			// Only a write that changed something retires anything. One that found nothing (404)
+			// saw the database, but what it saw may be another write whose invalidation is still
+			// on its way, so it binds no read; and one whose outcome is unknown binds none either.
+			var fences []input
+			if out == outcomeOK {
+				fences = h.fences(r, id, n)
+			}
+			add(porcupine.Operation{ClientId: client, Input: input{Kind: kind, Key: id, Write: n, Value: value{true, r.Title}, Fences: len(fences)},
+				Output: output{Outcome: out}, Call: r.Call, Return: ret, Metadata: meta}, false)
+			for _, f := range fences {
+				at := int64(f.Write) // fences() passes the instant in Write; the write's id is n
+				f.Write = n
+				add(porcupine.Operation{ClientId: client, Input: f, Output: output{}, Call: at, Return: at, Metadata: meta}, false)
+			}
+		}
+	}
+	return ops, final
+}
+
+// fences are the instants from which reads may no longer see what a write replaced, each with
+// the floors it raises (the instant is returned in Write). With the near-cache off: every read,
+// once the write returned. With it on: Redis and the writing process's near-cache then, another
+// process's near-cache CACHE_LOCAL_TTL later. A deferred invalidation holds another process's
+// fences until the writer has delivered it.
+func (h *histories) fences(r record, id int64, n int) []input {
+	at, others := r.Ret+1, r.Ret+1
+	if h.rec.Deferred[r.Trace] {
+		others = h.rec.deliveredAfter(r.Proc, r.Ret)
+	}
+	fence := func(at int64, proc, tier int) input {
+		return input{Kind: opFence, Key: id, Write: int(at), Proc: proc, Tier: tier}
+	}
+	if !h.rec.NearCache {
+		if others == at {
+			return []input{fence(at, -1, -1)}
+		}
+		return []input{fence(at, r.Proc, -1), fence(others, 1-r.Proc, -1)}
+	}
+	late := others
+	if late < never-1 {
+		late += nearCacheTTL.Nanoseconds()
+	}
+	return []input{fence(at, r.Proc, -1), fence(others, 1-r.Proc, tierRedis), fence(late, 1-r.Proc, tierLocal)}
+}
+
+// unknownEnd bounds a write whose outcome is unknown, or returns 0 if it certainly did not
+// happen (or constrains nothing). Such a write may apply at any time after it began; with no
+// end it is concurrent with everything after it, which the checker pays for at every step. So
+// what the history itself settles is settled here, soundly.
+func (h *histories) unknownEnd(r record) int64 {
+	switch {
+	case notSent(r):
+		return 0 // the connection was refused: the request never left
+	case r.Kind != "delete": // its title is unique: whether and by when it happened shows
+		seen, ok := h.firstSeen[r.Title]
+		if !ok {
+			return 0 // no read saw it: it constrains nothing
+		}
+		return seen // it applied before the first read that saw it returned
+	case h.presentAtEnd[r.ID] || h.ackedDelete[r.ID]:
+		// Ids are never reused: had it applied, the sample would be gone for good, and an
+		// acknowledged delete would have found nothing.
+		return 0
+	case h.unknownDeletes[r.ID] == 1:
+		if t, ok := h.firstAbsent(r.ID, r.Call); ok {
+			return t // the only delete that can explain the first absence after it
+		}
+	}
+	return never
+}
+
+// firstAbsent is when the earliest read that began after at and saw id absent returned.
+func (h *histories) firstAbsent(id, at int64) (int64, bool) {
+	best, found := int64(0), false
+	for _, r := range h.rec.Records {
+		absent := r.Kind == "item" && r.ID == id && r.Status == 404 ||
+			(r.Kind == "list" || r.Kind == "direct") && r.Status == 200 && !slices.ContainsFunc(r.Seen, func(s sample) bool { return s.ID == id })
+		if r.Call > at && absent && (!found || r.Ret < best) {
+			best, found = r.Ret, true
+		}
+	}
+	return best, found
+}
+
+// outcomeOf is what a write's response says happened.
+func outcomeOf(r record) outcome {
+	switch {
+	case r.Status >= 200 && r.Status < 300:
+		return outcomeOK
+	case r.Status == 404:
+		return outcomeNotFound
+	}
+	return outcomeUnknown // an error, a cancellation, a dead process
+}
+
+// notSent reports a request that certainly never reached the service.
+func notSent(r record) bool {
+	return r.Status == 0 && strings.Contains(r.Err, "connect: connection refused")
+}
+
+// deliveredAfter is when process p was first seen with nothing left to deliver after at, or
+// never if it was killed first (what it had pending is lost) or never was.
+func (rec *recording) deliveredAfter(p int, at int64) int64 {
+	for _, s := range rec.Pending {
+		if s.Proc != p || s.At <= at || s.Pending != 0 {
+			continue
+		}
+		for _, f := range rec.Faults {
+			if f.Kind == "service-kill" && f.Proc == p && f.Start > at && f.Start < s.At {
+				return never - 1
+			}
+		}
+		return s.At
+	}
+	return never - 1
+}
+
+func procName(p int) string { return string(rune('a' + p)) }
+
+// Checking budgets. A history that keeps the promise is decided in milliseconds; one that
+// breaks it makes porcupine search every order of the operations around the break before it
+// gives up, which with a few writes of unknown outcome can take minutes and gigabytes. A sample
+// not decided within its budget is reported as undecided (which fails a soak as surely as a
+// violation), and after a few violations the rest is not checked: they are evidence enough.
+const (
+	sampleBudget  = 10 * time.Second
+	maxViolations = 5
+)
+
+// check runs porcupine over each sample's history and assembles the report.
+func check(o options, rec *recording) *report {
+	rep := &report{opts: o, rec: rec}
+	h := newHistories(rec)
+	started := time.Now()
+	for n, id := range h.ids {
+		if len(rep.violations)+len(rep.lost) >= maxViolations {
+			rep.unchecked = len(h.ids) - n
+			break
+		}
+		ops, final := h.of(id)
+		rep.ops += len(ops)
+		t0 := time.Now()
+		res, info := porcupine.CheckOperationsVerbose(model, ops, sampleBudget)
+		if o.verbose {
+			fmt.Fprintf(os.Stderr, "sample %d: %d operations, %s in %s\n", id, len(ops), res, time.Since(t0).Round(time.Millisecond))
+		}
+		switch res {
+		case porcupine.Ok:
+			continue
+		case porcupine.Unknown:
+			rep.unknown = append(rep.unknown, id)
+			continue
+		}
+		// Is it the final state that breaks it (an acknowledged write not in the database), or a
+		// read during the run?
+		var before []porcupine.Operation
+		for i, op := range ops {
+			if !final[i] {
+				before = append(before, op)
+			}
+		}
+		if porcupine.CheckOperationsTimeout(model, before, sampleBudget) == porcupine.Ok {
+			rep.lost = append(rep.lost, id)
+		} else {
+			rep.violations = append(rep.violations, id)
+		}
+		path := filepath.Join(o.out, fmt.Sprintf("violation-sample-%d.html", id))
+		if err := porcupine.VisualizePath(model, info, path); err == nil {
+			rep.timelines = append(rep.timelines, path)
+		}
+	}
+	rep.checkTime = time.Since(started)
+	return rep
+}
+
+// sumSeries adds the values of a Prometheus text series whose labels contain match.
+func sumSeries(text, name, match string) float64 {
+	var sum float64
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+"{") || !strings.Contains(line, match) {
+			continue
+		}
+		fields := strings.Fields(line)
+		if v, err := strconv.ParseFloat(fields[len(fields)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+func gunzip(b []byte) ([]byte, error) {
+	r, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(r)
+}

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cacheside/cacheside/hack/servers"
+)
+
+// service is one cacheside process. It can be killed and started again on the same port.
+type service struct {
+	name, bin, addr string
+	env             []string
+	logPath         string
+	client          *http.Client
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	started time.Time
+}
+
+func newService(name, bin, dir string, port int, env []string, clients int) *service {
+	return &service{
+		name: name, bin: bin, addr: fmt.Sprintf("127.0.0.1:%d", port),
+		env:     append(env, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port)),
+		logPath: filepath.Join(dir, name+".log"),
+		client: &http.Client{Transport: &http.Transport{
+			MaxIdleConnsPerHost: clients * 2, DisableCompression: true, // gzip is asked for explicitly
+		}, Timeout: 30 * time.Second},
+	}
+}
+
+func (s *service) url(path string) string { return "http://" + s.addr + path }
+
+// start runs the process and waits until it answers /healthz.
+func (s *service) start(ctx context.Context) error {
+	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(s.bin, "serve")
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, s.env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return err
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
+	s.mu.Lock()
+	s.cmd, s.exited, s.started = cmd, exited, time.Now()
+	s.mu.Unlock()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-exited:
+			return fmt.Errorf("%s exited at start; see %s", s.name, s.logPath)
+		default:
+		}
+		if res, err := s.client.Get(s.url("/healthz")); err == nil {
+			res.Body.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not answer /healthz within a minute; see %s", s.name, s.logPath)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// kill ends the process as a crash would (SIGKILL) and waits for it.
+func (s *service) kill() {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+	<-exited
+}
+
+// stop sends SIGTERM, as Kubernetes does, and waits for the graceful shutdown.
+func (s *service) stop() {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(30 * time.Second):
+		s.kill()
+	}
+}
+
+// pending is the number of undelivered invalidations /readyz reports, or -1 if it did not answer.
+func (s *service) pending() int {
+	res, err := s.client.Get(s.url("/readyz"))
+	if err != nil {
+		return -1
+	}
+	defer res.Body.Close()
+	var body struct {
+		Checks struct {
+			Redis struct {
+				Pending int `json:"pending_invalidations"`
+			} `json:"redis"`
+		} `json:"checks"`
+	}
+	if json.NewDecoder(res.Body).Decode(&body) != nil {
+		return -1
+	}
+	return body.Checks.Redis.Pending
+}
+
+// listLoads reads the service's count of loads of the list from Postgres (its /metrics).
+func (s *service) listLoads() (float64, error) {
+	res, err := s.client.Get(s.url("/metrics"))
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return 0, err
+	}
+	return sumSeries(string(b), "cacheside_cache_loads_total", `cache_keyspace="list"`), nil
+}
+
+// environment is what the soak runs against: one Postgres, one Redis, two service processes.
+type environment struct {
+	pg       *servers.Postgres
+	redis    *servers.Redis
+	services []*service
+}
+
+func startEnvironment(ctx context.Context, o options, log io.Writer) (*environment, error) {
+	if err := servers.Ensure(log); err != nil {
+		return nil, err
+	}
+	env := &environment{}
+	var err error
+	env.pg, err = servers.StartPostgres(ctx, servers.PostgresOptions{Dir: filepath.Join(o.out, "pg"), Throwaway: true, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	env.redis, err = servers.StartRedis(ctx, servers.RedisOptions{Dir: filepath.Join(o.out, "redis"), Log: log})
+	if err != nil {
+		env.close()
+		return nil, err
+	}
+	common := []string{
+		"DATABASE_URL=" + env.pg.URL(), "REDIS_URL=" + env.redis.URL(),
+		"CACHE_LOCAL_ENABLED=" + strconv.FormatBool(o.nearCache), "LOG_LEVEL=info", "LOG_FORMAT=json",
+	}
+	migrate := exec.CommandContext(ctx, o.bin, "migrate")
+	migrate.Env = append([]string{"PATH=" + os.Getenv("PATH")}, common...)
+	if out, err := migrate.CombinedOutput(); err != nil {
+		env.close()
+		return nil, fmt.Errorf("cacheside migrate: %v\n%s", err, out)
+	}
+	for i, name := range []string{"a", "b"} {
+		port, err := servers.FreePort()
+		if err != nil {
+			env.close()
+			return nil, err
+		}
+		svc := newService(name, o.bin, o.out, port, common, o.clients)
+		if err := svc.start(ctx); err != nil {
+			env.close()
+			return nil, err
+		}
+		env.services = append(env.services, svc)
+		_ = i
+	}
+	return env, nil
+}
+
+func (e *environment) close() {
+	for _, s := range e.services {
+		s.stop()
+	}
+	if e.redis != nil {
+		_ = e.redis.Kill()
+	}
+	if e.pg != nil {
+		_ = e.pg.Destroy()
+	}
+}
