@@ -150,7 +150,7 @@ func serve(ctx context.Context, svc *service.Service, tel *telemetry.Telemetry) 
 		}
 		svc.Log.Info("migrations applied")
 	}
-	return httpapi.Serve(ctx, svc.Log, svc.Config, svc.Handler(tel.Metrics))
+	return httpapi.Serve(ctx, svc.Log, svc.ServerOptions(), svc.Handler(tel.Metrics))
 }
 
 func seedCommand(ctx context.Context, args []string, stderr io.Writer) error {

@@ -1,6 +1,12 @@
 // Package cache is a cache-aside tier over Redis that never serves data older than a write that
 // has returned, collapses concurrent reads into one lookup and one load, and fails open when
-// Redis is sick.
+// Redis is sick. This file is the read path; the rest of the package is named for what it holds:
+//
+//	wire.go       how a view is laid out in Redis: keys, generation tokens, the stored header
+//	rounds.go     how concurrent reads share lookups and loads
+//	invalidate.go the write side: retiring generations after a write
+//	pending.go    invalidations Redis has not confirmed, and their redelivery
+//	nearcache.go  the optional in-process tier in front of Redis
 //
 // # Why generations
 //
@@ -29,13 +35,6 @@
 // holds, so no operation waits for a connection inside its own time budget: waiting behind this
 // process's own traffic is not Redis failing, and never counts against the circuit breaker.
 //
-// # Tiers and encoding
-//
-// Values are stored gzip-compressed (Options.Compress) with a fingerprint of the uncompressed
-// bytes, so a hit is sent as stored to clients that accept gzip and revalidated by ETag without
-// hashing. An optional in-process tier (Options.Local, see local.go) answers repeated reads
-// without a Redis round trip; it is invalidated across processes through Redis pub/sub.
-//
 // # Failing open
 //
 // Every Redis call is bounded by a timeout and goes through a circuit breaker: after a run of
@@ -47,8 +46,6 @@ package cache
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -60,7 +57,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/otel"
@@ -69,40 +65,16 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/cacheside/cacheside/app/view"
 )
-
-// Outcome says how a read was served; it is also the X-Cache response header.
-type Outcome string
-
-const (
-	Hit    Outcome = "HIT"    // Redis held a current value
-	Miss   Outcome = "MISS"   // loaded from the source and stored
-	Bypass Outcome = "BYPASS" // Redis unusable; loaded from the source, nothing stored
-)
-
-// ErrNotFound is returned (possibly wrapped) by a Loader when the item does not exist, so that
-// its absence is cached for the negative TTL.
-var ErrNotFound = errors.New("cache: not found")
-
-// Loader reads the authoritative value, already serialized.
-type Loader func(ctx context.Context) ([]byte, error)
 
 // Key names one cached view: Space groups keys of a kind ("list", "item"), ID picks one.
 type Key struct{ Space, ID string }
 
-// Result is what Fetch served.
-type Result struct {
-	Body     []byte // the serialized value, encoded as Encoding says; nil when !Found
-	Encoding string // "gzip" or "" (identity)
-	ETag     string // fingerprint of the uncompressed value, the same in every tier
-	Found    bool   // false when the loader said ErrNotFound (now or when cached)
-	Outcome  Outcome
-	Tier     string // on a hit, which tier answered: "local" or "redis"
-	Shared   bool   // a miss or bypass served by another request's load
-
-	loadSpan trace.SpanContext // the load that produced a miss, linked from the traces of sharers
-	bypass   string            // why Redis was not used, on a bypass
-}
+// Loader reads the authoritative view, uncompressed and with its ETag, or returns
+// view.ErrNotFound, whose absence is then cached for the negative TTL.
+type Loader func(ctx context.Context) (view.View, error)
 
 // Options configures a Cache. Zero durations are not defaults: the caller passes config values.
 type Options struct {
@@ -120,12 +92,12 @@ type Options struct {
 	// WaitReplicas, when above zero, makes an invalidation count as delivered only once that
 	// many Redis replicas acknowledge it (WAIT), so a failover to one of them cannot bring the
 	// retired generation back.
-	WaitReplicas  int
-	Compress      bool          // store values gzip-compressed
-	Local         bool          // keep a near-cache in process (needs Redis pub/sub)
-	LocalTTL      time.Duration // longest life of a near-cache entry
-	LocalMaxBytes int64         // memory bound of the near-cache
-	Logger        *slog.Logger
+	WaitReplicas      int
+	Compress          bool          // store values gzip-compressed
+	NearCache         bool          // keep an in-process tier in front of Redis (needs Redis pub/sub)
+	NearCacheTTL      time.Duration // longest life of a near-cache entry
+	NearCacheMaxBytes int64         // memory bound of the near-cache
+	Logger            *slog.Logger
 }
 
 // Cache is safe for concurrent use.
@@ -136,37 +108,25 @@ type Cache struct {
 	breaker  *gobreaker.TwoStepCircuitBreaker[struct{}]
 	failed   atomic.Int64        // when the last failure the breaker counted was seen (UnixNano)
 	slots    *semaphore.Weighted // Redis operations in flight, at most the pool's size
-	reads    rounds[looked]      // shared lookups
+	lookups  rounds[looked]      // shared lookups
 	loads    flights             // shared loads of a generation
 	bypasses rounds[loaded]      // shared loads that bypass Redis
 	pending  *pending
+	near     *nearCache // nil when off
+
 	tracer   trace.Tracer
-	lookups  metric.Int64Counter
+	outcomes metric.Int64Counter
 	sourced  metric.Int64Counter
 
-	near      *local // nil when off
-	stopNear  context.CancelFunc
-	nearDone  chan struct{}
-	stopRedo  context.CancelFunc
-	redoDone  chan struct{}
-	closeOnce sync.Once
+	stopNear, stopRedelivery context.CancelFunc
+	nearDone, redeliveryDone chan struct{}
+	closeOnce                sync.Once
 
 	laterMu      sync.Mutex
-	later        map[*time.Timer][]Key // retirements scheduled by InvalidateAfter
+	later        map[*time.Timer][]Key // retirements scheduled by InvalidateLater
 	laterRunning sync.WaitGroup
 	closing      bool
 }
-
-// A stored value is gen | kind | encoding | etag | body.
-const (
-	genLen    = 16 // hex characters of a generation token
-	etagLen   = 16 // hex characters of a fingerprint
-	headerLen = genLen + 2 + etagLen
-	kindFound = '1'
-	kindGone  = '0'
-	encGzip   = 'g'
-	encIdent  = 'i'
-)
 
 // New returns a Cache over rdb. Close it before closing rdb.
 func New(rdb redis.UniversalClient, o Options) *Cache {
@@ -197,7 +157,7 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 	})
 
 	meter := otel.Meter("github.com/cacheside/cacheside/app/cache")
-	c.lookups, _ = meter.Int64Counter("cacheside.cache.lookups",
+	c.outcomes, _ = meter.Int64Counter("cacheside.cache.lookups",
 		metric.WithDescription("Cache lookups by outcome (hit, miss, bypass), keyspace and tier."))
 	c.sourced, _ = meter.Int64Counter("cacheside.cache.loads",
 		metric.WithDescription("Reads of the source of truth on a miss or bypass, by keyspace and result (found, not_found, error); one per shared load."))
@@ -214,8 +174,8 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 			return nil
 		}))
 
-	if o.Local {
-		c.near = newLocal(o.Prefix, o.LocalTTL, o.LocalMaxBytes, o.Logger)
+	if o.NearCache {
+		c.near = newNearCache(o.Prefix, o.NearCacheTTL, o.NearCacheMaxBytes, o.Logger)
 		ctx, cancel := context.WithCancel(context.Background())
 		ps := rdb.Subscribe(ctx, c.near.channel)
 		c.nearDone = make(chan struct{})
@@ -227,9 +187,9 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 		}()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c.stopRedo, c.redoDone = cancel, make(chan struct{})
+	c.stopRedelivery, c.redeliveryDone = cancel, make(chan struct{})
 	go func() {
-		defer close(c.redoDone)
+		defer close(c.redeliveryDone)
 		c.redeliver(ctx)
 	}()
 	return c
@@ -251,13 +211,14 @@ func poolSize(rdb redis.UniversalClient) int {
 	return n
 }
 
-// Close runs the retirements InvalidateAfter scheduled, delivers what invalidations are still
-// pending, trying until ctx ends, logs any it could not deliver, and stops the background work. The Redis client is the caller's to close, after.
+// Close runs the retirements InvalidateLater scheduled, delivers what invalidations are still
+// pending, trying until ctx ends, logs any it could not deliver, and stops the background work.
+// The Redis client is the caller's to close, after.
 func (c *Cache) Close(ctx context.Context) {
 	c.closeOnce.Do(func() {
 		c.retireScheduled(ctx)
-		c.stopRedo()
-		<-c.redoDone
+		c.stopRedelivery()
+		<-c.redeliveryDone
 		for f := c.pending.failed(); !f.empty(); f = c.pending.failed() {
 			if err := c.deliver(ctx, f); err == nil {
 				continue
@@ -278,83 +239,93 @@ func (c *Cache) Close(ctx context.Context) {
 	})
 }
 
-func (c *Cache) genKey(k Key) string { return c.opts.Prefix + ":{" + k.Space + ":" + k.ID + "}:g" }
+// served is a view with what the engine's traces need to know about how it came to be.
+type served struct {
+	view.View
+	loadSpan trace.SpanContext // the load that produced a miss or bypass, linked from sharers' traces
+	bypass   string            // why Redis was not used
+}
 
-// valKey shares genKey's hash tag, so both live in one Cluster slot and one MGET reads both.
-func (c *Cache) valKey(k Key) string { return c.opts.Prefix + ":{" + k.Space + ":" + k.ID + "}:v" }
-
-// Fetch serves k from the cache, or loads it with load and stores it. An error is the loader's
-// (or the caller's context); Redis trouble never surfaces as an error, only as Outcome Bypass.
-func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (Result, error) {
+// Fetch serves k from the cache, or loads it with load and stores it. It returns
+// view.ErrNotFound (with the view saying how that was served) for an absence, the loader's error
+// or the caller's context's; Redis trouble never surfaces as an error, only as a Bypass.
+func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (view.View, error) {
 	ctx, span := c.tracer.Start(ctx, "cache.get "+k.Space, trace.WithAttributes(
 		attribute.String("cache.key", c.valKey(Key{Space: k.Space, ID: "*"})),
 	))
 	defer span.End()
 
-	res, err := c.fetch(ctx, k, load)
-	tier := res.Tier
+	s, err := c.fetch(ctx, k, load)
+	tier := s.Served.Tier
 	if tier == "" {
-		tier = "redis" // misses and bypasses are decided at the Redis tier
+		tier = view.Redis // misses and bypasses are decided at the Redis tier
 	}
 	span.SetAttributes(
-		attribute.Bool("cache.hit", res.Outcome == Hit),
-		attribute.String("cache.outcome", string(res.Outcome)),
-		attribute.String("cache.tier", tier),
-		attribute.Int("cache.item_size", len(res.Body)),
+		attribute.Bool("cache.hit", s.Served.Outcome == view.Hit),
+		attribute.String("cache.outcome", string(s.Served.Outcome)),
+		attribute.String("cache.tier", string(tier)),
+		attribute.Int("cache.item_size", len(s.Body)),
 	)
-	if res.Outcome == Bypass {
-		span.AddEvent("cache.bypass", trace.WithAttributes(attribute.String("reason", res.bypass)))
+	switch s.Served.Outcome {
+	case view.Bypass:
+		span.AddEvent("cache.bypass", trace.WithAttributes(attribute.String("reason", s.bypass)))
 		span.SetStatus(codes.Error, "redis unavailable: served from source")
+	case view.Miss:
+		span.SetAttributes(attribute.Bool("cache.shared_load", s.Served.Shared))
 	}
-	if res.Outcome == Miss {
-		span.SetAttributes(attribute.Bool("cache.shared_load", res.Shared))
-	}
-	if res.Shared && res.loadSpan.IsValid() {
+	if s.Served.Shared && s.loadSpan.IsValid() {
 		// The load ran in another request's trace; point to it.
-		span.AddLink(trace.Link{SpanContext: res.loadSpan, Attributes: []attribute.KeyValue{attribute.String("cache.link", "shared load")}})
+		span.AddLink(trace.Link{SpanContext: s.loadSpan, Attributes: []attribute.KeyValue{attribute.String("cache.link", "shared load")}})
 	}
-	c.lookups.Add(ctx, 1, metric.WithAttributes(
-		attribute.String("cache.outcome", strings.ToLower(string(res.Outcome))),
+	c.outcomes.Add(ctx, 1, metric.WithAttributes(
+		attribute.String("cache.outcome", strings.ToLower(string(s.Served.Outcome))),
 		attribute.String("cache.keyspace", k.Space),
-		attribute.String("cache.tier", tier),
+		attribute.String("cache.tier", string(tier)),
 	))
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "load failed")
+		return s.View, err
 	}
-	return res, err
+	if !s.Found {
+		return s.View, view.ErrNotFound
+	}
+	return s.View, nil
 }
 
-func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (Result, error) {
+// fetch is the read path: the near-cache, then a lookup round in Redis, then the shared load of
+// the generation it saw, or, if Redis cannot be used, a shared load that bypasses it.
+func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (served, error) {
 	vk := c.valKey(k)
 	if c.near != nil && !c.pending.has(k) {
-		if e, ok := c.near.get(vk); ok {
-			return e.result(Hit, "local"), nil
+		if v, ok := c.near.get(vk); ok {
+			v.Served = view.Served{Outcome: view.Hit, Tier: view.Local}
+			return served{View: v}, nil
 		}
 	}
-	r, joined := c.reads.join(ctx, vk, func(ctx context.Context) looked { return c.look(ctx, k, load) })
+	r, joined := c.lookups.join(ctx, vk, func(ctx context.Context) looked { return c.look(ctx, k, load) })
 	select {
 	case <-r.done:
 	case <-ctx.Done():
-		return Result{Outcome: Miss}, ctx.Err()
+		return served{View: view.View{Served: view.Served{Outcome: view.Miss}}}, ctx.Err()
 	}
 	switch {
 	case r.res.hit != nil:
-		return *r.res.hit, nil
+		return served{View: *r.res.hit}, nil
 	case r.res.bypass != nil:
 		why := r.res.bypass
 		b, joined := c.bypasses.join(ctx, vk, func(ctx context.Context) loaded {
-			res, err := c.bypass(ctx, k, load, why)
-			return loaded{res, err}
+			s, err := c.bypass(ctx, k, load, why)
+			return loaded{s, err}
 		})
 		select {
 		case <-b.done:
 		case <-ctx.Done():
-			return Result{Outcome: Bypass}, ctx.Err()
+			return served{View: view.View{Served: view.Served{Outcome: view.Bypass}}}, ctx.Err()
 		}
-		res := b.res.res
-		res.Shared = joined
-		return res, b.res.err
+		s := b.res.s
+		s.Served.Shared = joined
+		return s, b.res.err
 	}
 	fl := r.res.flight
 	fl.waiters.Add(1)
@@ -362,11 +333,11 @@ func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (Result, error) {
 	select {
 	case <-fl.done:
 	case <-ctx.Done():
-		return Result{Outcome: Miss}, ctx.Err()
+		return served{View: view.View{Served: view.Served{Outcome: view.Miss}}}, ctx.Err()
 	}
-	res := fl.res
-	res.Shared = joined || !r.res.started
-	return res, fl.err
+	s := fl.res
+	s.Served.Shared = joined || !r.res.started
+	return s, fl.err
 }
 
 // look is one lookup round: the lookup in Redis, and on a miss the flight that loads the value
@@ -378,60 +349,51 @@ func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
 	vk := c.valKey(k)
 	var version uint64
 	if c.near != nil {
-		version = c.near.version(vk) // noted before Redis is asked: see local.store
+		version = c.near.version(vk) // noted before Redis is asked: see nearCache.keep
 	}
-	gen, cached, err := c.lookup(ctx, k)
+	gen, hit, err := c.lookup(ctx, k)
 	if err != nil {
 		return looked{bypass: err}
 	}
-	if cached != nil {
+	if hit != nil {
 		if c.near != nil {
-			c.near.store(vk, version, *cached)
+			c.near.keep(vk, version, *hit)
 		}
-		res := cached.result(Hit, "redis")
-		return looked{hit: &res}
+		hit.Served = view.Served{Outcome: view.Hit, Tier: view.Redis}
+		return looked{hit: hit}
 	}
-	fl, started := c.loads.attach(ctx, vk+"@"+gen, func(ctx context.Context) (Result, error) {
-		raw, found, loadSpan, err := c.runLoad(ctx, k, load)
+	fl, started := c.loads.attach(ctx, vk+"@"+gen, func(ctx context.Context) (served, error) {
+		s, err := c.load(ctx, k, load)
 		if err != nil {
-			return Result{Outcome: Miss}, err
+			return served{View: view.View{Served: view.Served{Outcome: view.Miss}}}, err
 		}
-		e := c.encode(found, raw)
-		c.store(ctx, k, gen, e)
+		s.View = c.compress(s.View)
+		c.put(ctx, k, gen, s.View)
 		if c.near != nil {
-			c.near.store(vk, version, e)
+			c.near.keep(vk, version, s.View)
 		}
-		res := e.result(Miss, "")
-		res.loadSpan = loadSpan
-		return res, nil
+		s.Served = view.Served{Outcome: view.Miss}
+		return s, nil
 	})
 	return looked{flight: fl, started: started}
 }
 
 // bypass serves a read from the source without the cache, because of why.
-func (c *Cache) bypass(ctx context.Context, k Key, load Loader, why error) (Result, error) {
-	raw, found, loadSpan, err := c.runLoad(ctx, k, load)
-	res := Result{Outcome: Bypass}
-	if err == nil {
-		e := entry{found: found, body: raw}
-		if found {
-			e.etag = Fingerprint(raw)
-		}
-		res = e.result(Bypass, "")
-	}
-	res.bypass, res.loadSpan = why.Error(), loadSpan
-	return res, err
+func (c *Cache) bypass(ctx context.Context, k Key, load Loader, why error) (served, error) {
+	s, err := c.load(ctx, k, load)
+	s.Served, s.bypass = view.Served{Outcome: view.Bypass}, why.Error()
+	return s, err
 }
 
-// runLoad calls the loader in a child span, bounded by the load timeout, and turns ErrNotFound
-// into found=false. A panic here would crash the process from a round's goroutine, so it
-// becomes an error carrying the panic's stack.
-func (c *Cache) runLoad(ctx context.Context, k Key, load Loader) (body []byte, found bool, sc trace.SpanContext, err error) {
+// load calls the loader in a child span, bounded by the load timeout; view.ErrNotFound becomes
+// an absence. A panic here would crash the process from a round's goroutine, so it becomes an
+// error carrying the panic's stack.
+func (c *Cache) load(ctx context.Context, k Key, loader Loader) (s served, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.LoadTimeout)
 	defer cancel()
 	ctx, span := c.tracer.Start(ctx, "cache.load "+k.Space)
 	defer span.End()
-	sc = span.SpanContext()
+	s.loadSpan = span.SpanContext()
 	result := "error"
 	defer func() {
 		if p := recover(); p != nil {
@@ -440,19 +402,21 @@ func (c *Cache) runLoad(ctx context.Context, k Key, load Loader) (body []byte, f
 		}
 		c.sourced.Add(ctx, 1, metric.WithAttributes(attribute.String("cache.keyspace", k.Space), attribute.String("result", result)))
 	}()
-	body, err = load(ctx)
+	v, err := loader(ctx)
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, view.ErrNotFound):
 		result = "not_found"
 		span.SetAttributes(attribute.Bool("cache.found", false))
-		return nil, false, sc, nil
+		return s, nil
 	case err != nil:
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "load failed")
-		return nil, false, sc, err
+		return s, err
 	}
 	result = "found"
-	return body, true, sc, nil
+	v.Found = true
+	s.View = v
+	return s, nil
 }
 
 // Reasons, besides a Redis error, that a read bypasses the cache.
@@ -462,18 +426,18 @@ var (
 	errSaturated   = errors.New("no Redis connection free within the timeout")
 )
 
-// lookup returns the current generation and, on a hit, the cached entry. An error means Redis
-// is unusable for this read (the caller bypasses it).
-func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *entry, err error) {
+// lookup returns the current generation and, on a hit, the cached view. An error means Redis is
+// unusable for this read (the caller bypasses it).
+func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *view.View, err error) {
 	err = c.call(ctx, func(ctx context.Context) error {
 		vals, err := c.rdb.MGet(ctx, c.genKey(k), c.valKey(k)).Result()
 		if err != nil {
 			return err
 		}
 		gen, _ = vals[0].(string)
-		val, _ := vals[1].(string)
-		if gen != "" && len(val) >= headerLen && val[:genLen] == gen {
-			hit = decode(val)
+		stored, _ := vals[1].(string)
+		if v, ok := unpack(stored, gen); ok {
+			hit = &v
 			return nil
 		}
 		if gen != "" {
@@ -495,26 +459,17 @@ func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *entry, err 
 	return gen, hit, err
 }
 
-// store saves a loaded value under the generation it was loaded for. Best effort: a failure only
+// put stores a loaded view under the generation it was loaded for. Best effort: a failure only
 // costs a later miss (and counts against the breaker).
-func (c *Cache) store(ctx context.Context, k Key, gen string, e entry) {
-	ttl, kind, enc := c.opts.NegativeTTL, byte(kindGone), byte(encIdent)
-	if e.found {
-		ttl, kind = c.opts.TTL, kindFound
+func (c *Cache) put(ctx context.Context, k Key, gen string, v view.View) {
+	ttl := c.opts.NegativeTTL
+	if v.Found {
+		ttl = c.opts.TTL
 	}
-	if e.encoding == "gzip" {
-		enc = encGzip
-	}
-	ttl = c.jitter(ttl)
-	etag := e.etag
-	if len(etag) != etagLen {
-		etag = strings.Repeat("0", etagLen)
-	}
-	val := make([]byte, 0, headerLen+len(e.body))
-	val = append(append(append(append(val, gen...), kind, enc), etag...), e.body...)
+	stored := pack(gen, v)
 	err := c.call(ctx, func(ctx context.Context) error {
 		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			p.Set(ctx, c.valKey(k), val, ttl)
+			p.Set(ctx, c.valKey(k), stored, c.jitter(ttl))
 			p.Expire(ctx, c.genKey(k), c.genTTL)
 			return nil
 		})
@@ -523,6 +478,14 @@ func (c *Cache) store(ctx context.Context, k Key, gen string, e entry) {
 	if err != nil {
 		c.opts.Logger.DebugContext(ctx, "cache store failed", "space", k.Space, "err", err)
 	}
+}
+
+// compress gzips a loaded view's body once, when it is stored, if the cache is set to.
+func (c *Cache) compress(v view.View) view.View {
+	if c.opts.Compress && v.Found {
+		v.Body, v.Encoding = gzipBytes(v.Body), "gzip"
+	}
+	return v
 }
 
 // call runs one Redis operation: it waits for a free connection slot (at most OpTimeout, and
@@ -606,57 +569,6 @@ func (c *Cache) Health(ctx context.Context) Health {
 		h.Status, h.Error = "down", err.Error()
 	}
 	return h
-}
-
-func newToken() string {
-	var b [genLen / 2]byte
-	v := rand.Uint64()
-	for i := range b {
-		b[i] = byte(v >> (8 * i))
-	}
-	return hex.EncodeToString(b[:])
-}
-
-// encode prepares a loaded value for storing: fingerprint of the raw bytes, then compression.
-func (c *Cache) encode(found bool, raw []byte) entry {
-	if !found {
-		return entry{}
-	}
-	e := entry{found: true, etag: Fingerprint(raw), body: raw}
-	if c.opts.Compress {
-		e.body, e.encoding = gzipBytes(raw), "gzip"
-	}
-	return e
-}
-
-func decode(val string) *entry {
-	e := &entry{found: val[genLen] == kindFound, etag: val[genLen+2 : headerLen]}
-	if !e.found {
-		return e
-	}
-	if val[genLen+1] == encGzip {
-		e.encoding = "gzip"
-	}
-	e.body = []byte(val[headerLen:])
-	return e
-}
-
-func (e entry) result(o Outcome, tier string) Result {
-	r := Result{Found: e.found, Outcome: o, Tier: tier}
-	if e.found {
-		r.Body, r.Encoding, r.ETag = e.body, e.encoding, e.etag
-	}
-	if o != Hit {
-		r.Tier = ""
-	}
-	return r
-}
-
-// Fingerprint identifies a serialized value; it is the ETag of every representation of it.
-func Fingerprint(b []byte) string {
-	var buf [8]byte
-	binary.BigEndian.PutUint64(buf[:], xxhash.Sum64(b))
-	return hex.EncodeToString(buf[:])
 }
 
 func sampleKeys(keys []Key, n int) []string {

@@ -21,6 +21,7 @@ import (
 	"github.com/cacheside/cacheside/app/internal/testenv"
 	"github.com/cacheside/cacheside/app/platform/redisclient"
 	"github.com/cacheside/cacheside/app/service"
+	"github.com/cacheside/cacheside/app/view"
 )
 
 func options(prefix string) cache.Options {
@@ -45,22 +46,28 @@ type source struct {
 
 func (s *source) set(v string) { s.mu.Lock(); s.value = v; s.mu.Unlock() }
 
-func (s *source) load(context.Context) ([]byte, error) {
+func (s *source) load(context.Context) (view.View, error) {
 	s.reads.Add(1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.value == "" {
-		return nil, cache.ErrNotFound
+		return view.View{}, view.ErrNotFound
 	}
-	return []byte(s.value), nil
+	return val(s.value), nil
+}
+
+// val is a loaded view of body, as a store makes it.
+func val(body string) view.View {
+	return view.View{Body: []byte(body), ETag: view.Fingerprint([]byte(body))}
 }
 
 var key = cache.Key{Space: "item", ID: "1"}
 
-func fetch(t *testing.T, c *cache.Cache, load cache.Loader) cache.Result {
+// fetch reads key; an absence is a view that is not Found.
+func fetch(t *testing.T, c *cache.Cache, load cache.Loader) view.View {
 	t.Helper()
 	res, err := c.Fetch(context.Background(), key, load)
-	if err != nil {
+	if err != nil && !errors.Is(err, view.ErrNotFound) {
 		t.Fatalf("Fetch: %v", err)
 	}
 	return res
@@ -74,11 +81,11 @@ func TestFetchServesFromRedisAfterTheFirstLoad(t *testing.T) {
 	first := fetch(t, c, src.load)
 	second := fetch(t, c, src.load)
 
-	if first.Outcome != cache.Miss || string(first.Body) != "v1" {
-		t.Errorf("first read = %s %q, want MISS v1", first.Outcome, first.Body)
+	if first.Served.Outcome != view.Miss || string(first.Body) != "v1" {
+		t.Errorf("first read = %s %q, want MISS v1", first.Served.Outcome, first.Body)
 	}
-	if second.Outcome != cache.Hit || string(second.Body) != "v1" {
-		t.Errorf("second read = %s %q, want HIT v1", second.Outcome, second.Body)
+	if second.Served.Outcome != view.Hit || string(second.Body) != "v1" {
+		t.Errorf("second read = %s %q, want HIT v1", second.Served.Outcome, second.Body)
 	}
 	if n := src.reads.Load(); n != 1 {
 		t.Errorf("source read %d times, want 1", n)
@@ -119,7 +126,7 @@ func TestStoredTTLsAreJitteredWithinBounds(t *testing.T) {
 	c := cache.New(rdb, options(prefix))
 	for i := range 40 {
 		k := cache.Key{Space: "item", ID: fmt.Sprint(i)}
-		if _, err := c.Fetch(context.Background(), k, func(context.Context) ([]byte, error) { return []byte("x"), nil }); err != nil {
+		if _, err := c.Fetch(context.Background(), k, func(context.Context) (view.View, error) { return val("x"), nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -143,11 +150,11 @@ func TestKeysOfAnotherPrefixAreNeverRead(t *testing.T) {
 	rdb, prefix := testenv.Redis(t)
 	old := cache.New(rdb, options(prefix+":v1"))
 	next := cache.New(rdb, options(prefix+":v2"))
-	fetch(t, old, func(context.Context) ([]byte, error) { return []byte(`{"old":"shape"}`), nil })
+	fetch(t, old, func(context.Context) (view.View, error) { return val(`{"old":"shape"}`), nil })
 
-	res := fetch(t, next, func(context.Context) ([]byte, error) { return []byte(`{"new":"shape"}`), nil })
-	if res.Outcome != cache.Miss || string(res.Body) != `{"new":"shape"}` {
-		t.Errorf("a new payload version read %s %q, want a MISS with the new shape", res.Outcome, res.Body)
+	res := fetch(t, next, func(context.Context) (view.View, error) { return val(`{"new":"shape"}`), nil })
+	if res.Served.Outcome != view.Miss || string(res.Body) != `{"new":"shape"}` {
+		t.Errorf("a new payload version read %s %q, want a MISS with the new shape", res.Served.Outcome, res.Body)
 	}
 }
 
@@ -167,7 +174,7 @@ func valueTTLs(t *testing.T, rdb *redis.Client, prefix string) []time.Duration {
 
 // fetcher is the read/invalidate contract the race test holds a cache to.
 type fetcher interface {
-	Fetch(ctx context.Context, k cache.Key, load cache.Loader) (cache.Result, error)
+	Fetch(ctx context.Context, k cache.Key, load cache.Loader) (view.View, error)
 	Invalidate(ctx context.Context, keys ...cache.Key) error
 }
 
@@ -178,17 +185,18 @@ type naiveCache struct {
 	prefix string
 }
 
-func (n naiveCache) Fetch(ctx context.Context, k cache.Key, load cache.Loader) (cache.Result, error) {
+func (n naiveCache) Fetch(ctx context.Context, k cache.Key, load cache.Loader) (view.View, error) {
 	name := n.prefix + ":" + k.Space + ":" + k.ID
-	if v, err := n.rdb.Get(ctx, name).Bytes(); err == nil {
-		return cache.Result{Body: v, Found: true, Outcome: cache.Hit}, nil
+	if b, err := n.rdb.Get(ctx, name).Bytes(); err == nil {
+		return view.View{Body: b, Found: true, Served: view.Served{Outcome: view.Hit}}, nil
 	}
 	v, err := load(ctx)
 	if err != nil {
-		return cache.Result{}, err
+		return view.View{}, err
 	}
-	n.rdb.Set(ctx, name, v, time.Minute)
-	return cache.Result{Body: v, Found: true, Outcome: cache.Miss}, nil
+	n.rdb.Set(ctx, name, v.Body, time.Minute)
+	v.Found, v.Served = true, view.Served{Outcome: view.Miss}
+	return v, nil
 }
 
 func (n naiveCache) Invalidate(ctx context.Context, keys ...cache.Key) error {
@@ -221,9 +229,9 @@ func TestSlowReaderCannotStoreDataOlderThanAReturnedWrite(t *testing.T) {
 
 			loaded := make(chan struct{})
 			stall := make(chan struct{})
-			slowDone := make(chan cache.Result)
+			slowDone := make(chan view.View)
 			go func() {
-				res, _ := c.Fetch(context.Background(), key, func(ctx context.Context) ([]byte, error) {
+				res, _ := c.Fetch(context.Background(), key, func(ctx context.Context) (view.View, error) {
 					v, err := src.load(ctx)
 					close(loaded)
 					<-stall // the reader is descheduled, GC-paused, or slow on the network
@@ -249,7 +257,7 @@ func TestSlowReaderCannotStoreDataOlderThanAReturnedWrite(t *testing.T) {
 			}
 			stale := gunzip(t, res) == "old"
 			if stale != tc.wantStale {
-				t.Errorf("read after the write returned got %q (%s %s); stale=%v, want stale=%v", gunzip(t, res), res.Outcome, res.Tier, stale, tc.wantStale)
+				t.Errorf("read after the write returned got %q (%s %s); stale=%v, want stale=%v", gunzip(t, res), res.Served.Outcome, res.Served.Tier, stale, tc.wantStale)
 			}
 		})
 	}
@@ -264,7 +272,7 @@ func TestReadAfterWriteDoesNotJoinALoadStartedBeforeIt(t *testing.T) {
 
 	loaded, stall := make(chan struct{}), make(chan struct{})
 	go func() {
-		_, _ = c.Fetch(context.Background(), key, func(ctx context.Context) ([]byte, error) {
+		_, _ = c.Fetch(context.Background(), key, func(ctx context.Context) (view.View, error) {
 			v, err := src.load(ctx)
 			close(loaded)
 			<-stall
@@ -280,8 +288,8 @@ func TestReadAfterWriteDoesNotJoinALoadStartedBeforeIt(t *testing.T) {
 	}
 	// The pre-write load is still in flight; this read must not wait for it nor get its value.
 	res := fetch(t, c, src.load)
-	if string(res.Body) != "new" || res.Shared {
-		t.Errorf("read after write = %q shared=%v, want new from its own load", res.Body, res.Shared)
+	if string(res.Body) != "new" || res.Served.Shared {
+		t.Errorf("read after write = %q shared=%v, want new from its own load", res.Body, res.Served.Shared)
 	}
 }
 
@@ -368,12 +376,12 @@ func TestConcurrentMissesShareOneLoad(t *testing.T) {
 			src := &source{value: "v"}
 
 			gate := make(chan struct{})
-			load := func(ctx context.Context) ([]byte, error) {
+			load := func(ctx context.Context) (view.View, error) {
 				<-gate
 				return src.load(ctx)
 			}
 			var wg sync.WaitGroup
-			results := make([]cache.Result, callers)
+			results := make([]view.View, callers)
 			for i := range callers {
 				wg.Go(func() {
 					res, err := c.Fetch(context.Background(), key, load)
@@ -400,7 +408,7 @@ func TestConcurrentMissesShareOneLoad(t *testing.T) {
 				if got := gunzip(t, r); got != "v" {
 					t.Fatalf("a caller got %q", got)
 				}
-				outcomes[fmt.Sprintf("%s shared=%v", r.Outcome, r.Shared)]++
+				outcomes[fmt.Sprintf("%s shared=%v", r.Served.Outcome, r.Served.Shared)]++
 			}
 			if outcomes["MISS shared=false"] != 1 || outcomes["MISS shared=true"] != callers-1 {
 				t.Errorf("outcomes %v, want one MISS that loaded and %d that shared it", outcomes, callers-1)
@@ -438,15 +446,15 @@ func TestAStormWhileRedisIsDownSharesItsLoads(t *testing.T) {
 	before := src.reads.Load()
 	gate := make(chan struct{})
 	var once sync.Once
-	load := func(ctx context.Context) ([]byte, error) {
+	load := func(ctx context.Context) (view.View, error) {
 		once.Do(func() { <-gate }) // only the first load waits
 		return src.load(ctx)
 	}
 	var wg sync.WaitGroup
 	for range callers {
 		wg.Go(func() {
-			if res, err := c.Fetch(context.Background(), key, load); err != nil || res.Outcome != cache.Bypass {
-				t.Errorf("a read with Redis down: %s %v, want a BYPASS", res.Outcome, err)
+			if res, err := c.Fetch(context.Background(), key, load); err != nil || res.Served.Outcome != view.Bypass {
+				t.Errorf("a read with Redis down: %s %v, want a BYPASS", res.Served.Outcome, err)
 			}
 		})
 	}
@@ -474,8 +482,8 @@ func TestAStormAcrossKeysNeverWaitsForAConnection(t *testing.T) {
 	c, rdb := productionCache(t)
 	warm(t, rdb)
 	var loads atomic.Int64
-	load := func(context.Context) ([]byte, error) { loads.Add(1); return []byte("v"), nil }
-	results := make([]cache.Result, keys)
+	load := func(context.Context) (view.View, error) { loads.Add(1); return val("v"), nil }
+	results := make([]view.View, keys)
 	var wg sync.WaitGroup
 	for i := range keys {
 		wg.Go(func() {
@@ -495,7 +503,7 @@ func TestAStormAcrossKeysNeverWaitsForAConnection(t *testing.T) {
 	}
 	outcomes := map[string]int{}
 	for _, r := range results {
-		outcomes[strings.TrimSpace(string(r.Outcome)+" "+cache.BypassReason(r))]++
+		outcomes[string(r.Served.Outcome)]++
 	}
 	t.Logf("outcomes: %v", outcomes)
 }
@@ -519,9 +527,9 @@ func TestOneStallSeenByConcurrentReadsCountsOnce(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 10 {
 		wg.Go(func() {
-			res, err := c.Fetch(context.Background(), cache.Key{Space: "item", ID: fmt.Sprint(i)}, func(context.Context) ([]byte, error) { return []byte("v"), nil })
-			if err != nil || res.Outcome != cache.Bypass {
-				t.Errorf("read with Redis frozen: %s %v, want a BYPASS", res.Outcome, err)
+			res, err := c.Fetch(context.Background(), cache.Key{Space: "item", ID: fmt.Sprint(i)}, func(context.Context) (view.View, error) { return val("v"), nil })
+			if err != nil || res.Served.Outcome != view.Bypass {
+				t.Errorf("read with Redis frozen: %s %v, want a BYPASS", res.Served.Outcome, err)
 			}
 		})
 	}
@@ -540,13 +548,13 @@ func TestCancelledFirstCallerDoesNotFailTheOthers(t *testing.T) {
 
 	gate := make(chan struct{})
 	started := make(chan struct{})
-	load := func(ctx context.Context) ([]byte, error) {
+	load := func(ctx context.Context) (view.View, error) {
 		close(started)
 		select {
 		case <-gate:
-			return []byte("v"), nil
+			return val("v"), nil
 		case <-ctx.Done(): // a loader that honours cancellation, as pgx does
-			return nil, ctx.Err()
+			return view.View{}, ctx.Err()
 		}
 	}
 	firstCtx, cancelFirst := context.WithCancel(context.Background())
@@ -557,7 +565,7 @@ func TestCancelledFirstCallerDoesNotFailTheOthers(t *testing.T) {
 	}()
 	<-started
 	secondDone := make(chan struct{})
-	var second cache.Result
+	var second view.View
 	var secondErr error
 	go func() {
 		second, secondErr = c.Fetch(context.Background(), key, load)
@@ -593,7 +601,7 @@ func TestAPanickingLoaderBecomesAnErrorWithItsStack(t *testing.T) {
 	}
 }
 
-func panickingLoader(context.Context) ([]byte, error) { panic("boom") }
+func panickingLoader(context.Context) (view.View, error) { panic("boom") }
 
 // TestMetricsCanBeReadWhileCachesAreCreated: a scrape may run at any moment, including while a
 // cache is being built; its gauges must never read what does not exist yet.
@@ -652,8 +660,8 @@ func TestRedisDownServesFromTheSourceAndRecovers(t *testing.T) {
 
 	srv.Stop()
 	for i := range 3 { // BreakerFailures
-		if res := fetch(t, c, src.load); res.Outcome != cache.Bypass || string(res.Body) != "v" {
-			t.Fatalf("read %d with Redis down = %s %q, want BYPASS v", i, res.Outcome, res.Body)
+		if res := fetch(t, c, src.load); res.Served.Outcome != view.Bypass || string(res.Body) != "v" {
+			t.Fatalf("read %d with Redis down = %s %q, want BYPASS v", i, res.Served.Outcome, res.Body)
 		}
 	}
 	if h := c.Health(context.Background()); h.Status != "down" || h.Breaker != "open" {
@@ -663,8 +671,8 @@ func TestRedisDownServesFromTheSourceAndRecovers(t *testing.T) {
 	// With the breaker open, reads skip Redis entirely instead of each paying the timeout.
 	before := counter.total()
 	for range 20 {
-		if res := fetch(t, c, src.load); res.Outcome != cache.Bypass {
-			t.Fatalf("outcome %s with the breaker open, want BYPASS", res.Outcome)
+		if res := fetch(t, c, src.load); res.Served.Outcome != view.Bypass {
+			t.Fatalf("outcome %s with the breaker open, want BYPASS", res.Served.Outcome)
 		}
 	}
 	if sent := counter.total() - before; sent != 0 {
@@ -673,13 +681,13 @@ func TestRedisDownServesFromTheSourceAndRecovers(t *testing.T) {
 
 	srv.Start()
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if res := fetch(t, c, src.load); res.Outcome == cache.Bypass {
+		if res := fetch(t, c, src.load); res.Served.Outcome == view.Bypass {
 			return errors.New("still bypassing")
 		}
 		return nil
 	})
-	if res := fetch(t, c, src.load); res.Outcome != cache.Hit {
-		t.Errorf("after recovery: %s, want HIT", res.Outcome)
+	if res := fetch(t, c, src.load); res.Served.Outcome != view.Hit {
+		t.Errorf("after recovery: %s, want HIT", res.Served.Outcome)
 	}
 }
 
@@ -737,8 +745,8 @@ func TestRedisHungServesFromTheSourceWithinTheTimeout(t *testing.T) {
 	mu.Lock()
 	recording = false
 	mu.Unlock()
-	if err != nil || res.Outcome != cache.Bypass || gunzip(t, res) != "v" {
-		t.Fatalf("read with Redis hung = %s %q %v, want BYPASS v", res.Outcome, gunzip(t, res), err)
+	if err != nil || res.Served.Outcome != view.Bypass || gunzip(t, res) != "v" {
+		t.Fatalf("read with Redis hung = %s %q %v, want BYPASS v", res.Served.Outcome, gunzip(t, res), err)
 	}
 	if len(frozen) != 1 || frozen[0].budget < 0 || frozen[0].budget > cfg.RedisTimeout {
 		t.Errorf("commands sent to the frozen Redis: %+v, want one with at most REDIS_TIMEOUT (%s) to its deadline", frozen, cfg.RedisTimeout)
@@ -747,8 +755,8 @@ func TestRedisHungServesFromTheSourceWithinTheTimeout(t *testing.T) {
 
 	srv.Resume()
 	testenv.Eventually(t, 20*time.Second, func() error {
-		if res := fetch(t, c, src.load); res.Outcome != cache.Hit {
-			return fmt.Errorf("outcome %s", res.Outcome)
+		if res := fetch(t, c, src.load); res.Served.Outcome != view.Hit {
+			return fmt.Errorf("outcome %s", res.Served.Outcome)
 		}
 		return nil
 	})
@@ -762,8 +770,8 @@ func TestInvalidationRedisMissedIsDeliveredBeforeTheCacheIsUsedAgain(t *testing.
 	c := cache.New(rdb, options("t"))
 	src := &source{value: "old"}
 	fetch(t, c, src.load)
-	if res := fetch(t, c, src.load); res.Outcome != cache.Hit {
-		t.Fatalf("setup: %s, want HIT", res.Outcome)
+	if res := fetch(t, c, src.load); res.Served.Outcome != view.Hit {
+		t.Fatalf("setup: %s, want HIT", res.Served.Outcome)
 	}
 
 	srv.Pause() // Redis keeps its data but answers nothing
@@ -771,16 +779,16 @@ func TestInvalidationRedisMissedIsDeliveredBeforeTheCacheIsUsedAgain(t *testing.
 	if err := c.Invalidate(context.Background(), key); err == nil {
 		t.Fatal("Invalidate reported success while Redis was hung")
 	}
-	if res := fetch(t, c, src.load); res.Outcome != cache.Bypass || string(res.Body) != "new" {
-		t.Errorf("while hung: %s %q, want BYPASS new", res.Outcome, res.Body)
+	if res := fetch(t, c, src.load); res.Served.Outcome != view.Bypass || string(res.Body) != "new" {
+		t.Errorf("while hung: %s %q, want BYPASS new", res.Served.Outcome, res.Body)
 	}
 	srv.Resume()
 	testenv.Eventually(t, 10*time.Second, func() error {
 		res := fetch(t, c, src.load)
 		if string(res.Body) != "new" {
-			t.Fatalf("served %q (%s) after Redis came back: a stale value survived the write", res.Body, res.Outcome)
+			t.Fatalf("served %q (%s) after Redis came back: a stale value survived the write", res.Body, res.Served.Outcome)
 		}
-		if res.Outcome == cache.Bypass {
+		if res.Served.Outcome == view.Bypass {
 			return errors.New("still bypassing")
 		}
 		return nil
@@ -801,8 +809,8 @@ func TestAReadDuringAnUnconfirmedInvalidationGoesToTheSource(t *testing.T) {
 	c := withNearCache(t, rdb, prefix)
 	src := &source{value: "old"}
 	fetch(t, c, src.load)
-	if res := fetch(t, c, src.load); res.Tier != "local" {
-		t.Fatalf("setup: the second read came from %q, want the near-cache", res.Tier)
+	if res := fetch(t, c, src.load); res.Served.Tier != "local" {
+		t.Fatalf("setup: the second read came from %q, want the near-cache", res.Served.Tier)
 	}
 
 	src.set("new") // the commit
@@ -812,8 +820,8 @@ func TestAReadDuringAnUnconfirmedInvalidationGoesToTheSource(t *testing.T) {
 	res := fetch(t, c, src.load)
 	close(release)
 	<-invalidated
-	if res.Outcome != cache.Bypass || gunzip(t, res) != "new" {
-		t.Errorf("a read while the invalidation was unconfirmed got %s %q from %q, want BYPASS new", res.Outcome, gunzip(t, res), res.Tier)
+	if res.Served.Outcome != view.Bypass || gunzip(t, res) != "new" {
+		t.Errorf("a read while the invalidation was unconfirmed got %s %q from %q, want BYPASS new", res.Served.Outcome, gunzip(t, res), res.Served.Tier)
 	}
 }
 
@@ -838,8 +846,8 @@ func TestPendingInvalidationsAreDeliveredAtClose(t *testing.T) {
 	}
 	srv.Resume()
 	writer.Close(context.Background())
-	if got := fetch(t, other, src.load); got.Outcome != cache.Miss || gunzip(t, got) != "new" {
-		t.Errorf("after the writer closed, the other replica read %s %q, want a MISS of new", got.Outcome, gunzip(t, got))
+	if got := fetch(t, other, src.load); got.Served.Outcome != view.Miss || gunzip(t, got) != "new" {
+		t.Errorf("after the writer closed, the other replica read %s %q, want a MISS of new", got.Served.Outcome, gunzip(t, got))
 	}
 
 	t.Run("what cannot be delivered is logged", func(t *testing.T) {
@@ -885,13 +893,13 @@ func TestTheInvalidationMessageNeverOvertakesTheGenerations(t *testing.T) {
 		go func() { <-release; close(r) }()
 	})
 	o := options("t")
-	o.Local, o.LocalTTL, o.LocalMaxBytes, o.OpTimeout = true, time.Minute, 1<<20, 5*time.Second
+	o.NearCache, o.NearCacheTTL, o.NearCacheMaxBytes, o.OpTimeout = true, time.Minute, 1<<20, 5*time.Second
 	writer := withOptions(t, writerClient, o)
 	reader := withOptions(t, client(), o)
 	src := &source{value: "old"}
 	fetch(t, reader, src.load)
-	if res := fetch(t, reader, src.load); res.Tier != "local" {
-		t.Fatalf("setup: the reader's second read came from %q", res.Tier)
+	if res := fetch(t, reader, src.load); res.Served.Tier != "local" {
+		t.Fatalf("setup: the reader's second read came from %q", res.Served.Tier)
 	}
 
 	src.set("new")
@@ -903,8 +911,8 @@ func TestTheInvalidationMessageNeverOvertakesTheGenerations(t *testing.T) {
 	// value. Give it a second to show (without the bug nothing arrives, and the second passes).
 	deadline := time.Now().Add(time.Second)
 	for time.Now().Before(deadline) {
-		if res := fetch(t, reader, src.load); res.Tier != "local" {
-			t.Logf("the reader dropped its entry before the generation was written (%s)", res.Outcome)
+		if res := fetch(t, reader, src.load); res.Served.Tier != "local" {
+			t.Logf("the reader dropped its entry before the generation was written (%s)", res.Served.Outcome)
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -926,7 +934,7 @@ func TestTheInvalidationMessageNeverOvertakesTheGenerations(t *testing.T) {
 func withNearCache(t *testing.T, rdb redis.UniversalClient, prefix string) *cache.Cache {
 	t.Helper()
 	o := options(prefix)
-	o.Local, o.LocalTTL, o.LocalMaxBytes, o.Compress = true, time.Minute, 1<<20, true
+	o.NearCache, o.NearCacheTTL, o.NearCacheMaxBytes, o.Compress = true, time.Minute, 1<<20, true
 	return withOptions(t, rdb, o)
 }
 
@@ -950,13 +958,13 @@ func TestNearCacheAnswersRepeatedReadsWithoutRedis(t *testing.T) {
 	c := withNearCache(t, rdb, prefix)
 	src := &source{value: "v"}
 
-	if res := fetch(t, c, src.load); res.Outcome != cache.Miss {
-		t.Fatalf("first read: %s", res.Outcome)
+	if res := fetch(t, c, src.load); res.Served.Outcome != view.Miss {
+		t.Fatalf("first read: %s", res.Served.Outcome)
 	}
 	before := counter.total()
 	for range 10 {
-		if res := fetch(t, c, src.load); res.Outcome != cache.Hit || res.Tier != "local" {
-			t.Fatalf("repeated read: %s from %q, want a local HIT", res.Outcome, res.Tier)
+		if res := fetch(t, c, src.load); res.Served.Outcome != view.Hit || res.Served.Tier != "local" {
+			t.Fatalf("repeated read: %s from %q, want a local HIT", res.Served.Outcome, res.Served.Tier)
 		}
 	}
 	if sent := counter.total() - before; sent != 0 {
@@ -971,8 +979,8 @@ func TestNearCacheIsInvalidatedAcrossProcesses(t *testing.T) {
 	writer, reader := withNearCache(t, rdb, prefix), withNearCache(t, rdb, prefix)
 	src := &source{value: "old"}
 	fetch(t, reader, src.load)
-	if res := fetch(t, reader, src.load); res.Tier != "local" || string(res.Body) == "" {
-		t.Fatalf("setup: the reader's second read came from %q", res.Tier)
+	if res := fetch(t, reader, src.load); res.Served.Tier != "local" || string(res.Body) == "" {
+		t.Fatalf("setup: the reader's second read came from %q", res.Served.Tier)
 	}
 
 	src.set("new")
@@ -995,8 +1003,8 @@ func TestNearCacheIsNotUsedWhileItsChannelIsDown(t *testing.T) {
 	c := withNearCache(t, productionClient(t, srv), "t")
 	src := &source{value: "v"}
 	fetch(t, c, src.load)
-	if res := fetch(t, c, src.load); res.Tier != "local" {
-		t.Fatalf("setup: %q", res.Tier)
+	if res := fetch(t, c, src.load); res.Served.Tier != "local" {
+		t.Fatalf("setup: %q", res.Served.Tier)
 	}
 
 	srv.Stop() // invalidations from other replicas can no longer arrive
@@ -1006,8 +1014,8 @@ func TestNearCacheIsNotUsedWhileItsChannelIsDown(t *testing.T) {
 		}
 		return nil
 	})
-	if res := fetch(t, c, src.load); res.Outcome != cache.Bypass {
-		t.Errorf("with the channel down: %s from %q, want BYPASS (no local answers)", res.Outcome, res.Tier)
+	if res := fetch(t, c, src.load); res.Served.Outcome != view.Bypass {
+		t.Errorf("with the channel down: %s from %q, want BYPASS (no local answers)", res.Served.Outcome, res.Served.Tier)
 	}
 	srv.Start()
 	testenv.Eventually(t, 15*time.Second, func() error {
@@ -1026,17 +1034,17 @@ func TestCompressedValuesKeepOneETagAcrossTiers(t *testing.T) {
 
 	miss, redisHit := fetch(t, c, src.load), fetch(t, cache.New(rdb, options(prefix)), src.load)
 	localHit := fetch(t, c, src.load)
-	for _, r := range []cache.Result{miss, redisHit, localHit} {
-		if r.Encoding != "gzip" || gunzip(t, r) != raw || r.ETag != cache.Fingerprint([]byte(raw)) {
-			t.Errorf("%s from %q: encoding %q, etag %q, body intact %v", r.Outcome, r.Tier, r.Encoding, r.ETag, gunzip(t, r) == raw)
+	for _, r := range []view.View{miss, redisHit, localHit} {
+		if r.Encoding != "gzip" || gunzip(t, r) != raw || r.ETag != view.Fingerprint([]byte(raw)) {
+			t.Errorf("%s from %q: encoding %q, etag %q, body intact %v", r.Served.Outcome, r.Served.Tier, r.Encoding, r.ETag, gunzip(t, r) == raw)
 		}
 		if len(r.Body) >= len(raw)/4 {
-			t.Errorf("%s: stored %d bytes for %d: not compressed", r.Outcome, len(r.Body), len(raw))
+			t.Errorf("%s: stored %d bytes for %d: not compressed", r.Served.Outcome, len(r.Body), len(raw))
 		}
 	}
 }
 
-func gunzip(t *testing.T, r cache.Result) string {
+func gunzip(t *testing.T, r view.View) string {
 	t.Helper()
 	if r.Encoding != "gzip" {
 		return string(r.Body)
@@ -1063,10 +1071,10 @@ func TestTheCacheWorksOnSentinelAndCluster(t *testing.T) {
 			keys := []cache.Key{{Space: "item", ID: "1"}, {Space: "item", ID: "2"}, {Space: "list", ID: "all"}}
 			src := &source{value: "v1"}
 			for _, k := range keys {
-				for _, want := range []cache.Outcome{cache.Miss, cache.Hit} {
+				for _, want := range []view.Outcome{view.Miss, view.Hit} {
 					res, err := c.Fetch(context.Background(), k, src.load)
-					if err != nil || res.Outcome != want || gunzip(t, res) != "v1" {
-						t.Fatalf("%v: %s %q %v, want %s v1", k, res.Outcome, gunzip(t, res), err, want)
+					if err != nil || res.Served.Outcome != want || gunzip(t, res) != "v1" {
+						t.Fatalf("%v: %s %q %v, want %s v1", k, res.Served.Outcome, gunzip(t, res), err, want)
 					}
 				}
 				if _, err := other.Fetch(context.Background(), k, src.load); err != nil {
@@ -1101,7 +1109,7 @@ func TestTheCacheWorksOnSentinelAndCluster(t *testing.T) {
 	}
 }
 
-func fetchKey(t *testing.T, c *cache.Cache, k cache.Key, load cache.Loader) cache.Result {
+func fetchKey(t *testing.T, c *cache.Cache, k cache.Key, load cache.Loader) view.View {
 	t.Helper()
 	res, err := c.Fetch(context.Background(), k, load)
 	if err != nil {

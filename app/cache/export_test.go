@@ -5,16 +5,7 @@ package cache
 func (c *Cache) WaitingOnLoad(k Key) int { return c.loads.waiters(c.valKey(k) + "@") }
 
 // WaitingOnLookup reports how many reads of k are in a round that has not finished its lookup.
-func (c *Cache) WaitingOnLookup(k Key) int { return c.reads.members(c.valKey(k)) }
-
-// BypassReason says why a BYPASS result did not use Redis.
-func BypassReason(r Result) string { return r.bypass }
-
-// ErrSaturated is the reason of a read that found no Redis connection free in time.
-var ErrSaturated = errSaturated
-
-// ErrBreakerOpen is the reason of a read that found the circuit breaker open.
-var ErrBreakerOpen = errBreakerOpen
+func (c *Cache) WaitingOnLookup(k Key) int { return c.lookups.members(c.valKey(k)) }
 
 // WaitingOnBypass reports how many reads of k are in a round of loads that bypass Redis.
 func (c *Cache) WaitingOnBypass(k Key) int { return c.bypasses.members(c.valKey(k)) }

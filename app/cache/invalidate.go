@@ -12,6 +12,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
+// The write side. A write "retires" what it changed: it replaces the generation of each key it
+// affects in Redis (replaceGenerations), then tells every process to drop the keys from its
+// near-cache (a PUBLISH), and drops them from its own (dropNear). What Redis does not confirm
+// stays pending (pending.go).
+
 // Invalidate retires the current generation of each key. Call it after the database write, on
 // every outcome except one where the write certainly did not happen: a write that failed with a
 // timeout or a lost connection may have committed, and a needless retirement costs one miss.
@@ -31,7 +36,7 @@ func (c *Cache) Invalidate(ctx context.Context, keys ...Key) error {
 	// Only now, after Redis holds the new generations, does this process drop its own entries: a
 	// round that looked in Redis before that has its local store refused (the version moves) or
 	// its entry dropped here.
-	c.dropLocal(keys)
+	c.dropNear(keys)
 	c.pending.end(keys, "", err == nil)
 	if err != nil {
 		span.RecordError(err)
@@ -42,10 +47,10 @@ func (c *Cache) Invalidate(ctx context.Context, keys ...Key) error {
 	return err
 }
 
-// InvalidateAfter retires keys once more after d, for a write whose outcome is unknown and which
+// InvalidateLater retires keys again after d, for a write whose outcome is unknown and which
 // may still land on the server until then. Close retires at once what is still scheduled (early,
 // but better than never).
-func (c *Cache) InvalidateAfter(d time.Duration, keys ...Key) {
+func (c *Cache) InvalidateLater(d time.Duration, keys ...Key) {
 	c.laterMu.Lock()
 	defer c.laterMu.Unlock()
 	if c.closing {
@@ -89,7 +94,7 @@ func (c *Cache) InvalidateSpace(ctx context.Context, space string) error {
 	c.pending.begin(nil, space)
 	err := c.retry(ctx, func(ctx context.Context) error { return c.retireSpace(ctx, space) })
 	if c.near != nil {
-		c.near.flush()
+		c.near.dropAll()
 	}
 	c.pending.end(nil, space, err == nil)
 	if err != nil {
@@ -206,10 +211,11 @@ func (c *Cache) retireSpace(ctx context.Context, space string) error {
 	if err != nil || c.near == nil {
 		return err
 	}
-	return c.rdb.Publish(ctx, c.near.channel, flushAll).Err()
+	return c.rdb.Publish(ctx, c.near.channel, dropEverything).Err()
 }
 
-func (c *Cache) dropLocal(keys []Key) {
+// dropNear drops keys from this process's near-cache.
+func (c *Cache) dropNear(keys []Key) {
 	if c.near == nil {
 		return
 	}
@@ -217,52 +223,5 @@ func (c *Cache) dropLocal(keys []Key) {
 	for i, k := range keys {
 		names[i] = c.valKey(k)
 	}
-	c.near.invalidate(names...)
-}
-
-// deliver retires what f holds and, once Redis has taken it, clears it from pending.
-func (c *Cache) deliver(ctx context.Context, f failed) error {
-	if len(f.keys) > 0 {
-		if err := c.retire(ctx, f.keys); err != nil {
-			return err
-		}
-	}
-	for _, s := range f.spaces {
-		if err := c.retireSpace(ctx, s); err != nil {
-			return err
-		}
-	}
-	c.dropLocal(f.keys)
-	if len(f.spaces) > 0 && c.near != nil {
-		c.near.flush()
-	}
-	c.pending.delivered(f)
-	c.opts.Logger.Info("deferred cache invalidations delivered", "keys", sampleKeys(f.keys, 10), "spaces", f.spaces)
-	return nil
-}
-
-// redeliver runs for the life of the Cache, delivering failed invalidations with backoff.
-func (c *Cache) redeliver(ctx context.Context) {
-	wait := 50 * time.Millisecond
-	for {
-		f := c.pending.failed()
-		if f.empty() {
-			wait = 50 * time.Millisecond
-			select {
-			case <-ctx.Done():
-				return
-			case <-c.pending.wake:
-			}
-			continue
-		}
-		if err := c.deliver(ctx, f); err == nil {
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, time.Second)
-	}
+	c.near.drop(names...)
 }

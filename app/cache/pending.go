@@ -1,9 +1,11 @@
 package cache
 
 import (
+	"context"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // pending tracks invalidations Redis has not confirmed: those being sent right now and those
@@ -143,4 +145,51 @@ func (p *pending) undeliveredCount() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.undelivered) + len(p.lostSpaces)
+}
+
+// deliver retires what f holds and, once Redis has taken it, clears it from pending.
+func (c *Cache) deliver(ctx context.Context, f failed) error {
+	if len(f.keys) > 0 {
+		if err := c.retire(ctx, f.keys); err != nil {
+			return err
+		}
+	}
+	for _, s := range f.spaces {
+		if err := c.retireSpace(ctx, s); err != nil {
+			return err
+		}
+	}
+	c.dropNear(f.keys)
+	if len(f.spaces) > 0 && c.near != nil {
+		c.near.dropAll()
+	}
+	c.pending.delivered(f)
+	c.opts.Logger.Info("deferred cache invalidations delivered", "keys", sampleKeys(f.keys, 10), "spaces", f.spaces)
+	return nil
+}
+
+// redeliver runs for the life of the Cache, delivering failed invalidations with backoff.
+func (c *Cache) redeliver(ctx context.Context) {
+	wait := 50 * time.Millisecond
+	for {
+		f := c.pending.failed()
+		if f.empty() {
+			wait = 50 * time.Millisecond
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.pending.wake:
+			}
+			continue
+		}
+		if err := c.deliver(ctx, f); err == nil {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/internal/testenv"
+	"github.com/cacheside/cacheside/app/view"
 )
 
 // masterAndReplica starts a Redis master and one replica of it, in sync.
@@ -72,8 +73,8 @@ func TestAFailoverCannotBringARetiredGenerationBackWithWait(t *testing.T) {
 				t.Fatalf("Invalidate: %v, want error %v", err, tc.wantErr)
 			}
 			if tc.wantErr {
-				if res := fetch(t, c, src.load); res.Outcome != cache.Bypass || gunzip(t, res) != "new" {
-					t.Errorf("an unconfirmed invalidation left %s %q, want a BYPASS of new", res.Outcome, gunzip(t, res))
+				if res := fetch(t, c, src.load); res.Served.Outcome != view.Bypass || gunzip(t, res) != "new" {
+					t.Errorf("an unconfirmed invalidation left %s %q, want a BYPASS of new", res.Served.Outcome, gunzip(t, res))
 				}
 				return
 			}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/cacheside/cacheside/app/view"
 )
 
 // Concurrent reads of a key share their work.
@@ -49,7 +51,7 @@ type round[T any] struct {
 // looked is a lookup round's answer: a hit, the flight that serves a miss (and whether this
 // round started it), or why Redis cannot be used.
 type looked struct {
-	hit     *Result
+	hit     *view.View
 	flight  *flight
 	started bool
 	bypass  error
@@ -57,7 +59,7 @@ type looked struct {
 
 // loaded is a bypass round's answer.
 type loaded struct {
-	res Result
+	s   served
 	err error
 }
 
@@ -129,7 +131,7 @@ func (g *rounds[T]) members(key string) int {
 // detached from the requests waiting on it.
 type flight struct {
 	done    chan struct{}
-	res     Result
+	res     served
 	err     error
 	waiters atomic.Int32
 }
@@ -141,7 +143,7 @@ type flights struct {
 
 // attach returns the flight named name, starting it with load if none is running, and whether
 // it started it.
-func (f *flights) attach(ctx context.Context, name string, load func(context.Context) (Result, error)) (*flight, bool) {
+func (f *flights) attach(ctx context.Context, name string, load func(context.Context) (served, error)) (*flight, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if fl := f.m[name]; fl != nil {

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cacheside/cacheside/app/view"
 )
 
 // TestARoundIsSharedByEveryReadThatArrivedWhileTheLastRan: reads that arrive while a lookup
@@ -23,7 +25,7 @@ func TestARoundIsSharedByEveryReadThatArrivedWhileTheLastRan(t *testing.T) {
 			close(firstRuns)
 			<-releaseFirst
 		}
-		res := Result{ETag: fmt.Sprint(n)} // which lookup answered
+		res := view.View{ETag: fmt.Sprint(n)} // which lookup answered
 		return looked{hit: &res}
 	}
 	answer := func() (string, bool) {

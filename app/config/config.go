@@ -26,6 +26,7 @@ type Config struct {
 	HTTPWriteTimeout      time.Duration `envconfig:"HTTP_WRITE_TIMEOUT" default:"30s" desc:"time allowed to write a response"`
 	HTTPIdleTimeout       time.Duration `envconfig:"HTTP_IDLE_TIMEOUT" default:"120s" desc:"keep-alive idle timeout"`
 	HTTPMaxBodyBytes      int64         `envconfig:"HTTP_MAX_BODY_BYTES" default:"1048576" desc:"largest request body accepted (413 above)"`
+	HTTPRetryAfter        time.Duration `envconfig:"HTTP_RETRY_AFTER" default:"5s" desc:"Retry-After suggested to clients (whole seconds) when the database is unavailable"`
 
 	DatabaseURL            string        `envconfig:"DATABASE_URL" required:"true" desc:"Postgres URL, postgres://user:pass@host:5432/db?sslmode=…"`
 	DatabaseMaxConns       int32         `envconfig:"DATABASE_MAX_CONNS" default:"10" desc:"largest Postgres pool size"`
@@ -168,6 +169,7 @@ func (c Config) validate() []string {
 	positive("HTTP_READ_TIMEOUT", c.HTTPReadTimeout)
 	positive("HTTP_WRITE_TIMEOUT", c.HTTPWriteTimeout)
 	positive("HTTP_IDLE_TIMEOUT", c.HTTPIdleTimeout)
+	positive("HTTP_RETRY_AFTER", c.HTTPRetryAfter)
 	positive("DATABASE_TIMEOUT", c.DatabaseTimeout)
 	positive("DATABASE_CONNECT_TIMEOUT", c.DatabaseConnectTimeout)
 	positive("REDIS_TIMEOUT", c.RedisTimeout)

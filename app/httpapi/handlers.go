@@ -14,8 +14,8 @@ import (
 
 	"github.com/gin-gonic/gin"
 
-	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/samples"
+	"github.com/cacheside/cacheside/app/view"
 )
 
 type handlers struct{ Deps }
@@ -23,7 +23,7 @@ type handlers struct{ Deps }
 const jsonType = "application/json; charset=utf-8"
 
 // list is the same handler for /sample and /cache; only the store differs.
-func (h handlers) list(store samples.Reader) func(*gin.Context) error {
+func (h handlers) list(store Reader) func(*gin.Context) error {
 	return func(c *gin.Context) error {
 		v, err := store.List(c.Request.Context())
 		return respond(c, v, err)
@@ -39,25 +39,22 @@ func (h handlers) get(c *gin.Context) error {
 	return respond(c, v, err)
 }
 
-// respond sends a read. The ETag is weak because it names the JSON, whichever encoding carries
-// it; a client holding it gets a 304 and no body. A gzip-stored body goes out as stored to
-// clients that accept gzip, and is decompressed for the others.
-func respond(c *gin.Context, v samples.View, err error) error {
+// respond sends a read. How the cache served it becomes the X-Cache headers (even for a 404). The
+// ETag is weak because it names the JSON, whichever encoding carries it; a client holding it
+// gets a 304 and no body. A gzip-stored body goes out as stored to clients that accept gzip,
+// and is decompressed for the others.
+func respond(c *gin.Context, v view.View, err error) error {
 	h := c.Writer.Header()
-	if v.Cache != "" {
-		h.Set("X-Cache", v.Cache)
+	if v.Served.Outcome != "" {
+		h.Set("X-Cache", string(v.Served.Outcome))
 	}
-	if v.Tier != "" {
-		h.Set("X-Cache-Tier", v.Tier)
+	if v.Served.Tier != "" {
+		h.Set("X-Cache-Tier", string(v.Served.Tier))
 	}
 	if err != nil {
 		return err
 	}
-	etag := v.ETag
-	if etag == "" {
-		etag = cache.Fingerprint(v.Body)
-	}
-	etag = `W/"` + etag + `"`
+	etag := `W/"` + v.ETag + `"`
 	h.Set("ETag", etag)
 	h.Set("Vary", "Accept-Encoding")
 	if matches(c.GetHeader("If-None-Match"), etag) {
@@ -210,13 +207,13 @@ func (h handlers) readyz(c *gin.Context) {
 	defer cancel()
 	pg := map[string]string{"status": "up"}
 	status, code := "ready", http.StatusOK
-	if err := h.PostgresReady(ctx); err != nil {
+	if err := h.Health.Postgres(ctx); err != nil {
 		pg = map[string]string{"status": "down", "error": "postgres is not reachable"}
 		status, code = "not ready", http.StatusServiceUnavailable
 		h.Log.WarnContext(ctx, "readiness: postgres down", "err", err)
 	}
 	c.JSON(code, readiness{Status: status, Checks: map[string]any{
 		"postgres": pg,
-		"redis":    h.RedisHealth(ctx),
+		"redis":    h.Health.Redis(ctx),
 	}})
 }

@@ -416,6 +416,12 @@ func TestAFailedRequestIsLoggedOnce(t *testing.T) {
 	pg.Start() // for the database's clean-up
 }
 
+// readyHealth reports every dependency up.
+type readyHealth struct{}
+
+func (readyHealth) Postgres(context.Context) error { return nil }
+func (readyHealth) Redis(context.Context) any      { return map[string]string{"status": "up"} }
+
 // stallUntilGone is a pgx tracer that holds a query, before it is sent, until the request that
 // issued it has gone away.
 type stallUntilGone struct{ reached chan struct{} }
@@ -490,7 +496,7 @@ func TestAClientThatHangsUpIsNotAnOutage(t *testing.T) {
 		t.Cleanup(pool.Close)
 		router := httpapi.NewRouter(httpapi.Deps{
 			Log: e.svc.Log, Direct: samples.NewPGStore(pool, e.svc.Config.DatabaseTimeout), Cached: e.svc.Cached,
-			PostgresReady: pool.Ping, RedisHealth: e.svc.Cache.Health, MaxBodyBytes: 1 << 20, RetryAfter: time.Second,
+			Health: readyHealth{}, MaxBodyBytes: 1 << 20, RetryAfter: time.Second,
 		})
 		srv := httptest.NewServer(router)
 		t.Cleanup(srv.Close)

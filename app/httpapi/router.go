@@ -11,21 +11,44 @@ import (
 	"github.com/gin-gonic/gin"
 	"go.opentelemetry.io/contrib/instrumentation/github.com/gin-gonic/gin/otelgin"
 
-	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/samples"
+	"github.com/cacheside/cacheside/app/view"
 )
+
+// Reader serves the read endpoints. A read is served as the view the store made, bytes,
+// encoding and ETag as they are, with how the cache served it.
+type Reader interface {
+	List(ctx context.Context) (view.View, error)
+	Get(ctx context.Context, id int64) (view.View, error)
+}
+
+// Writer changes samples. A write that returns nil is durable and visible to every later read.
+type Writer interface {
+	Create(ctx context.Context, title string) (samples.Sample, error)
+	Update(ctx context.Context, id int64, title string) (samples.Sample, error)
+	Delete(ctx context.Context, id int64) error
+}
+
+// Health reports on the service's dependencies for /readyz.
+type Health interface {
+	// Postgres is nil when Postgres answers; readiness depends on it.
+	Postgres(ctx context.Context) error
+	// Redis describes Redis's state as JSON; it never makes the service unready: the service
+	// still answers (from Postgres) without it.
+	Redis(ctx context.Context) any
+}
 
 // Deps is what the router serves.
 type Deps struct {
 	Log *slog.Logger
 	// Direct reads Postgres on every request (GET /sample).
-	Direct samples.Reader
+	Direct Reader
 	// Cached serves GET /cache and the /samples resource; its writes retire cached views.
-	Cached samples.Store
-	// PostgresReady reports whether Postgres answers; it decides readiness.
-	PostgresReady func(context.Context) error
-	// RedisHealth reports Redis's state; shown by /readyz but never failing it.
-	RedisHealth func(context.Context) cache.Health
+	Cached interface {
+		Reader
+		Writer
+	}
+	Health Health
 	// MaxBodyBytes bounds request bodies (413 above).
 	MaxBodyBytes int64
 	// RetryAfter is suggested to clients when the database is unavailable.

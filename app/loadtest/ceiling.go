@@ -16,6 +16,7 @@ import (
 	"github.com/cacheside/cacheside/app/platform/logging"
 	"github.com/cacheside/cacheside/app/platform/telemetry"
 	"github.com/cacheside/cacheside/app/samples"
+	"github.com/cacheside/cacheside/app/view"
 )
 
 // ceilingSpec is what the ceiling serves: one GET /cache answer, as the cached store handed it
@@ -61,34 +62,43 @@ func serveCeiling(ctx context.Context, specPath string, stderr io.Writer) error 
 		_ = tel.Shutdown(sctx)
 	}()
 
-	store := fixedStore{view: samples.View{Body: spec.Body, Encoding: spec.Encoding, ETag: spec.ETag, Cache: spec.Cache, Tier: spec.Tier}}
+	store := fixedStore{view: view.View{Body: spec.Body, Encoding: spec.Encoding, ETag: spec.ETag, Found: true,
+		Served: view.Served{Outcome: view.Outcome(spec.Cache), Tier: view.Tier(spec.Tier)}}}
 	router := httpapi.NewRouter(httpapi.Deps{
-		Log:           log,
-		Direct:        store,
-		Cached:        store,
-		PostgresReady: func(context.Context) error { return nil },
-		RedisHealth:   func(context.Context) cache.Health { return cache.Health{Status: "up"} },
-		MaxBodyBytes:  cfg.HTTPMaxBodyBytes,
-		RetryAfter:    cfg.CacheBreakerCooldown,
-		Metrics:       tel.Metrics,
+		Log:          log,
+		Direct:       store,
+		Cached:       store,
+		Health:       upHealth{},
+		MaxBodyBytes: cfg.HTTPMaxBodyBytes,
+		RetryAfter:   cfg.HTTPRetryAfter,
+		Metrics:      tel.Metrics,
 	})
-	cfg.HTTPAddr = spec.Addr
-	if err := httpapi.Serve(ctx, log, cfg, router); err != nil {
+	server := httpapi.ServerOptions{
+		Addr: spec.Addr, ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout, ReadTimeout: cfg.HTTPReadTimeout,
+		WriteTimeout: cfg.HTTPWriteTimeout, IdleTimeout: cfg.HTTPIdleTimeout, ShutdownTimeout: cfg.ShutdownTimeout,
+	}
+	if err := httpapi.Serve(ctx, log, server, router); err != nil {
 		return fmt.Errorf("the ceiling: %w", err)
 	}
 	return nil
 }
 
+// upHealth reports every dependency up.
+type upHealth struct{}
+
+func (upHealth) Postgres(context.Context) error { return nil }
+func (upHealth) Redis(context.Context) any      { return cache.Health{Status: "up"} }
+
 // fixedStore answers every list with the same view and nothing else: the ceiling only serves
 // GET /cache (and GET /sample, identically).
-type fixedStore struct{ view samples.View }
+type fixedStore struct{ view view.View }
 
 var errFixed = errors.New("the ceiling serves one fixed list")
 
-func (s fixedStore) List(context.Context) (samples.View, error) { return s.view, nil }
+func (s fixedStore) List(context.Context) (view.View, error) { return s.view, nil }
 
-func (fixedStore) Get(context.Context, int64) (samples.View, error) {
-	return samples.View{}, samples.ErrNotFound
+func (fixedStore) Get(context.Context, int64) (view.View, error) {
+	return view.View{}, samples.ErrNotFound
 }
 
 func (fixedStore) Create(context.Context, string) (samples.Sample, error) {

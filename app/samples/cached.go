@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cacheside/cacheside/app/cache"
+	"github.com/cacheside/cacheside/app/view"
 )
 
 // CachedStore serves reads cache-aside through Redis and retires the cached views a write
@@ -29,32 +30,13 @@ var listKey = cache.Key{Space: "list", ID: "all"}
 func itemKey(id int64) cache.Key { return cache.Key{Space: "item", ID: strconv.FormatInt(id, 10)} }
 
 // List serves the whole list.
-func (s *CachedStore) List(ctx context.Context) (View, error) {
-	return s.fetch(ctx, listKey, s.db.List)
+func (s *CachedStore) List(ctx context.Context) (view.View, error) {
+	return s.cache.Fetch(ctx, listKey, s.db.List)
 }
 
 // Get serves one sample; a missing id is remembered as missing for the negative TTL.
-func (s *CachedStore) Get(ctx context.Context, id int64) (View, error) {
-	return s.fetch(ctx, itemKey(id), func(ctx context.Context) (View, error) { return s.db.Get(ctx, id) })
-}
-
-func (s *CachedStore) fetch(ctx context.Context, k cache.Key, read func(context.Context) (View, error)) (View, error) {
-	res, err := s.cache.Fetch(ctx, k, func(ctx context.Context) ([]byte, error) {
-		v, err := read(ctx)
-		if errors.Is(err, ErrNotFound) {
-			return nil, cache.ErrNotFound
-		}
-		return v.Body, err
-	})
-	v := View{Cache: string(res.Outcome), Tier: res.Tier}
-	if err != nil {
-		return v, err
-	}
-	if !res.Found {
-		return v, ErrNotFound
-	}
-	v.Body, v.Encoding, v.ETag = res.Body, res.Encoding, res.ETag
-	return v, nil
+func (s *CachedStore) Get(ctx context.Context, id int64) (view.View, error) {
+	return s.cache.Fetch(ctx, itemKey(id), func(ctx context.Context) (view.View, error) { return s.db.Get(ctx, id) })
 }
 
 // Create inserts a sample and retires the list and the new id's (possibly negative) entry.
@@ -65,7 +47,7 @@ func (s *CachedStore) Create(ctx context.Context, title string) (Sample, error) 
 		if created.ID != 0 { // the id was reserved before the insert, which may have happened
 			keys = append(keys, itemKey(created.ID))
 		}
-		s.retire(ctx, err, keys...)
+		s.retireViews(ctx, err, keys...)
 	}
 	return created, err
 }
@@ -78,7 +60,7 @@ func (s *CachedStore) Update(ctx context.Context, id int64, title string) (Sampl
 	}
 	updated, err := s.db.Update(ctx, id, title)
 	if mayHaveWritten(err) {
-		s.retire(ctx, err, listKey, itemKey(id))
+		s.retireViews(ctx, err, listKey, itemKey(id))
 	}
 	return updated, err
 }
@@ -87,7 +69,7 @@ func (s *CachedStore) Update(ctx context.Context, id int64, title string) (Sampl
 func (s *CachedStore) Delete(ctx context.Context, id int64) error {
 	err := s.db.Delete(ctx, id)
 	if mayHaveWritten(err) {
-		s.retire(ctx, err, listKey, itemKey(id))
+		s.retireViews(ctx, err, listKey, itemKey(id))
 	}
 	return err
 }
@@ -110,14 +92,14 @@ func (s *CachedStore) InvalidateAll(ctx context.Context) error {
 	return s.cache.InvalidateSpace(ctx, "item")
 }
 
-// retire never fails the write: the cache defers what Redis did not take, bypasses itself for
+// retireViews retires the cached views a write affected. It never fails the write: the cache defers what Redis did not take, bypasses itself for
 // those keys and redelivers them. A write that failed may still be on its way: a statement whose
 // client gave up can run on the server, and commit, after the error came back (waiting for a row
 // lock, say), and a read in between could cache the old row again. So its views are retired once
 // more when it can no longer land.
-func (s *CachedStore) retire(ctx context.Context, writeErr error, keys ...cache.Key) {
+func (s *CachedStore) retireViews(ctx context.Context, writeErr error, keys ...cache.Key) {
 	_ = s.cache.Invalidate(ctx, keys...)
 	if writeErr != nil {
-		s.cache.InvalidateAfter(s.late, keys...)
+		s.cache.InvalidateLater(s.late, keys...)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cacheside/cacheside/app/platform/postgres"
+	"github.com/cacheside/cacheside/app/view"
 )
 
 // PGStore reads and writes samples in Postgres. Every call but Seed (bulk work, bounded by its
@@ -28,13 +29,13 @@ func NewPGStore(pool *pgxpool.Pool, timeout time.Duration) *PGStore {
 const columns = "id, title, created_at"
 
 // List returns every sample ordered by id, as a JSON array.
-func (s *PGStore) List(ctx context.Context) (View, error) {
+func (s *PGStore) List(ctx context.Context) (view.View, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	rows, _ := s.pool.Query(ctx, "SELECT "+columns+" FROM samples ORDER BY id")
 	list, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Sample])
 	if err != nil {
-		return View{}, classify(ctx, "listing samples", err)
+		return view.View{}, classify(ctx, "listing samples", err)
 	}
 	if list == nil {
 		list = []Sample{} // [] rather than null
@@ -43,13 +44,13 @@ func (s *PGStore) List(ctx context.Context) (View, error) {
 }
 
 // Get returns one sample as a JSON object.
-func (s *PGStore) Get(ctx context.Context, id int64) (View, error) {
+func (s *PGStore) Get(ctx context.Context, id int64) (view.View, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	rows, _ := s.pool.Query(ctx, "SELECT "+columns+" FROM samples WHERE id = $1", id)
 	one, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Sample])
 	if err != nil {
-		return View{}, classify(ctx, "reading sample", err)
+		return view.View{}, classify(ctx, "reading sample", err)
 	}
 	return encode(one)
 }
@@ -154,10 +155,11 @@ func classify(ctx context.Context, what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-func encode(v any) (View, error) {
+// encode serializes a read, with its ETag: the store supplies it, so no later layer fingerprints.
+func encode(v any) (view.View, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return View{}, fmt.Errorf("encoding samples: %w", err)
+		return view.View{}, fmt.Errorf("encoding samples: %w", err)
 	}
-	return View{Body: b}, nil
+	return view.View{Body: b, ETag: view.Fingerprint(b), Found: true}, nil
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/cacheside/cacheside/app/view"
 )
 
 // PayloadVersion names the JSON shape of a cached view. Bump it whenever that shape changes: it is
@@ -25,19 +27,11 @@ type Sample struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// View is a read served as its JSON encoding, so a cache hit is returned without decoding.
-type View struct {
-	Body     []byte // JSON, encoded as Encoding says
-	Encoding string // "gzip" or "" (identity)
-	ETag     string // fingerprint of the JSON; "" when the store did not compute one
-	Cache    string // X-Cache outcome: "" when no cache was involved, else HIT, MISS or BYPASS
-	Tier     string // on a hit, the tier that answered: local or redis
-}
-
-// Reader serves the read endpoints; both stores implement it.
+// Reader serves reads as their JSON: a view.View, which the cache keeps and the handler sends as
+// it is. A sample that does not exist is view.ErrNotFound.
 type Reader interface {
-	List(ctx context.Context) (View, error)
-	Get(ctx context.Context, id int64) (View, error)
+	List(ctx context.Context) (view.View, error)
+	Get(ctx context.Context, id int64) (view.View, error)
 }
 
 // Writer changes samples. A write that returns nil is durable and visible to every later read.
@@ -54,8 +48,9 @@ type Store interface {
 }
 
 var (
-	// ErrNotFound means no sample has the id.
-	ErrNotFound = errors.New("sample not found")
+	// ErrNotFound means no sample has the id; it is view.ErrNotFound, the one not-found error
+	// from the store through the cache to the handler.
+	ErrNotFound = view.ErrNotFound
 	// ErrUnavailable means the database could not be reached; retrying later may succeed.
 	ErrUnavailable = errors.New("database unavailable")
 )

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cacheside/cacheside/app/internal/testenv"
 	"github.com/cacheside/cacheside/app/samples"
+	"github.com/cacheside/cacheside/app/view"
 )
 
 // stores returns the Postgres store and the cached store over it, assembled as the service
@@ -138,7 +139,7 @@ func readAfterWrite(t *testing.T, nearCache bool) {
 					return
 				}
 				if v, ok := version(one.Title); !ok || stale(v, floor) {
-					t.Errorf("item read began after v%d returned but saw %s (%s %s)", floor, one.Title, item.Cache, item.Tier)
+					t.Errorf("item read began after v%d returned but saw %s (%s %s)", floor, one.Title, item.Served.Outcome, item.Served.Tier)
 					return
 				}
 				list, err := cached.List(ctx)
@@ -152,7 +153,7 @@ func readAfterWrite(t *testing.T, nearCache bool) {
 					return
 				}
 				if v, ok := version(all[0].Title); !ok || stale(v, floor) {
-					t.Errorf("list read began after v%d returned but saw %s (%s %s)", floor, all[0].Title, list.Cache, list.Tier)
+					t.Errorf("list read began after v%d returned but saw %s (%s %s)", floor, all[0].Title, list.Served.Outcome, list.Served.Tier)
 					return
 				}
 				reads.Add(1)
@@ -241,7 +242,7 @@ func TestValidateTitle(t *testing.T) {
 }
 
 // plain returns a view's JSON, decompressed if the cache stored it gzipped.
-func plain(t *testing.T, v samples.View) []byte {
+func plain(t *testing.T, v view.View) []byte {
 	t.Helper()
 	if v.Encoding != "gzip" {
 		return v.Body

@@ -103,9 +103,9 @@ func CacheOptions(cfg config.Config, log *slog.Logger) cache.Options {
 		InvalidationTimeout: cfg.CacheInvalidationTimeout,
 		WaitReplicas:        cfg.CacheInvalidationReplicas,
 		Compress:            cfg.CacheCompression == "gzip",
-		Local:               cfg.CacheLocalEnabled,
-		LocalTTL:            cfg.CacheLocalTTL,
-		LocalMaxBytes:       cfg.CacheLocalMaxBytes,
+		NearCache:           cfg.CacheLocalEnabled,
+		NearCacheTTL:        cfg.CacheLocalTTL,
+		NearCacheMaxBytes:   cfg.CacheLocalMaxBytes,
 		Logger:              log,
 	}
 }
@@ -113,16 +113,33 @@ func CacheOptions(cfg config.Config, log *slog.Logger) cache.Options {
 // Handler is the HTTP API; metrics, when not nil, is served at GET /metrics.
 func (s *Service) Handler(metrics http.Handler) http.Handler {
 	return httpapi.NewRouter(httpapi.Deps{
-		Log:           s.Log,
-		Direct:        s.Samples,
-		Cached:        s.Cached,
-		PostgresReady: s.Pool.Ping,
-		RedisHealth:   s.Cache.Health,
-		MaxBodyBytes:  s.Config.HTTPMaxBodyBytes,
-		RetryAfter:    s.Config.CacheBreakerCooldown,
-		Metrics:       metrics,
+		Log:          s.Log,
+		Direct:       s.Samples,
+		Cached:       s.Cached,
+		Health:       health{s},
+		MaxBodyBytes: s.Config.HTTPMaxBodyBytes,
+		RetryAfter:   s.Config.HTTPRetryAfter,
+		Metrics:      metrics,
 	})
 }
+
+// ServerOptions are the HTTP server's limits from the configuration.
+func (s *Service) ServerOptions() httpapi.ServerOptions {
+	return httpapi.ServerOptions{
+		Addr:              s.Config.HTTPAddr,
+		ReadHeaderTimeout: s.Config.HTTPReadHeaderTimeout,
+		ReadTimeout:       s.Config.HTTPReadTimeout,
+		WriteTimeout:      s.Config.HTTPWriteTimeout,
+		IdleTimeout:       s.Config.HTTPIdleTimeout,
+		ShutdownTimeout:   s.Config.ShutdownTimeout,
+	}
+}
+
+// health is what /readyz reports: Postgres decides readiness, Redis is described.
+type health struct{ s *Service }
+
+func (h health) Postgres(ctx context.Context) error { return h.s.Pool.Ping(ctx) }
+func (h health) Redis(ctx context.Context) any      { return h.s.Cache.Health(ctx) }
 
 // Close stops the cache, delivering what invalidations are pending until ctx ends, then closes
 // the Redis client and the Postgres pool.

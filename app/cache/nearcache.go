@@ -12,22 +12,24 @@ import (
 
 	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cacheside/cacheside/app/view"
 )
 
-// local is the in-process near-cache in front of Redis.
+// nearCache is the optional in-process tier in front of Redis.
 //
 // Within a process it keeps the same promise as Redis: a value loaded before a write can never be
 // stored after it. Invalidations bump a version on the key's stripe; a lookup notes the version
-// before asking Redis and stores its answer locally only if no invalidation touched the stripe
-// meanwhile (a false conflict only skips one local store).
+// before asking Redis and keeps its answer locally only if no drop touched the stripe meanwhile
+// (a false conflict only skips one local store).
 //
 // Across processes, writers publish the keys they retire on a Redis pub/sub channel and every
 // process drops them. Pub/sub is fire-and-forget, so: each (re)subscription flushes the tier, the
 // tier is not used while the subscription is down, and entries live at most TTL. A write on one
 // replica is thus invisible on another for the message's delivery time, and never for longer
 // than TTL.
-type local struct {
-	entries *otter.Cache[string, entry]
+type nearCache struct {
+	entries *otter.Cache[string, view.View]
 	seed    maphash.Seed
 	stripes [256]stripe
 	live    atomic.Bool // subscribed: invalidations from other processes are arriving
@@ -40,23 +42,15 @@ type stripe struct {
 	version uint64
 }
 
-// entry is a decoded stored value.
-type entry struct {
-	found    bool
-	encoding string
-	etag     string
-	body     []byte
-}
+// dropEverything is published to drop every key (bulk changes such as seeding).
+const dropEverything = "*"
 
-// flushAll is published to retire every key (bulk changes such as seeding).
-const flushAll = "*"
-
-func newLocal(prefix string, ttl time.Duration, maxBytes int64, log *slog.Logger) *local {
-	return &local{
-		entries: otter.Must(&otter.Options[string, entry]{
+func newNearCache(prefix string, ttl time.Duration, maxBytes int64, log *slog.Logger) *nearCache {
+	return &nearCache{
+		entries: otter.Must(&otter.Options[string, view.View]{
 			MaximumWeight:    uint64(maxBytes),
-			Weigher:          func(k string, e entry) uint32 { return uint32(len(k) + len(e.body) + len(e.etag) + 64) },
-			ExpiryCalculator: otter.ExpiryWriting[string, entry](ttl),
+			Weigher:          func(k string, v view.View) uint32 { return uint32(len(k) + len(v.Body) + len(v.ETag) + 64) },
+			ExpiryCalculator: otter.ExpiryWriting[string, view.View](ttl),
 		}),
 		seed:    maphash.MakeSeed(),
 		channel: prefix + ":invalidations",
@@ -64,27 +58,27 @@ func newLocal(prefix string, ttl time.Duration, maxBytes int64, log *slog.Logger
 	}
 }
 
-func (l *local) stripe(key string) *stripe {
+func (l *nearCache) stripe(key string) *stripe {
 	return &l.stripes[maphash.String(l.seed, key)%uint64(len(l.stripes))]
 }
 
-// version is noted before a lookup; pass it to store.
-func (l *local) version(key string) uint64 {
+// version is noted before a lookup; pass it to keep.
+func (l *nearCache) version(key string) uint64 {
 	s := l.stripe(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.version
 }
 
-func (l *local) get(key string) (entry, bool) {
+func (l *nearCache) get(key string) (view.View, bool) {
 	if !l.live.Load() {
-		return entry{}, false
+		return view.View{}, false
 	}
 	return l.entries.GetIfPresent(key)
 }
 
-// store keeps e unless key was invalidated since version was noted.
-func (l *local) store(key string, version uint64, e entry) {
+// keep stores v unless key was dropped since version was noted.
+func (l *nearCache) keep(key string, version uint64, v view.View) {
 	if !l.live.Load() {
 		return
 	}
@@ -92,14 +86,16 @@ func (l *local) store(key string, version uint64, e entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.version == version {
-		l.entries.Set(key, e)
+		v.Served = view.Served{}
+		l.entries.Set(key, v)
 	}
 }
 
-func (l *local) invalidate(keys ...string) {
+// drop removes keys and fails every keep begun before it.
+func (l *nearCache) drop(keys ...string) {
 	for _, k := range keys {
-		if k == flushAll {
-			l.flush()
+		if k == dropEverything {
+			l.dropAll()
 			continue
 		}
 		s := l.stripe(k)
@@ -110,8 +106,8 @@ func (l *local) invalidate(keys ...string) {
 	}
 }
 
-// flush drops everything and fails every store begun before it.
-func (l *local) flush() {
+// dropAll empties the tier and fails every keep begun before it.
+func (l *nearCache) dropAll() {
 	for i := range l.stripes {
 		l.stripes[i].mu.Lock()
 		l.stripes[i].version++
@@ -124,7 +120,7 @@ func (l *local) flush() {
 
 // listen applies other processes' invalidations from ps until ctx ends and ps is closed. It
 // runs in the background for the life of the Cache.
-func (l *local) listen(ctx context.Context, ps *redis.PubSub) {
+func (l *nearCache) listen(ctx context.Context, ps *redis.PubSub) {
 	for {
 		// A timeout makes a silently dead connection show: go-redis pings on it and reconnects.
 		msg, err := ps.ReceiveTimeout(ctx, 5*time.Second)
@@ -150,12 +146,12 @@ func (l *local) listen(ctx context.Context, ps *redis.PubSub) {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			// (Re)subscribed: whatever was published while we were away is lost, so start empty.
-			l.flush()
+			l.dropAll()
 			if !l.live.Swap(true) {
 				l.log.Info("near-cache: invalidation channel subscribed")
 			}
 		case *redis.Message:
-			l.invalidate(strings.Fields(m.Payload)...)
+			l.drop(strings.Fields(m.Payload)...)
 		}
 	}
 }
