@@ -80,8 +80,8 @@ clean: ## Stop local dev/test servers and delete .run (dev data included)
 	for d in .run/*/; do local::redis_stop "$${d}redis"; local::pg_destroy "$${d}pg"; done
 	rm -rf .run
 
-loadtest: ## Benchmark report: ceiling, /sample, /cache per tier -> app/loadtest/report/ (ARGS go to the generator)
-	bash hack/loadtest.sh $(ARGS)
+loadtest: ## Benchmark report: ceiling, /sample, /cache per tier -> hack/loadtest/report/ (ARGS go to the generator, e.g. -help)
+	cd hack/loadtest && GOWORK=off $(GO) run . $(ARGS)
 
 bench: ## Go benchmarks of the hot paths (hack/test.sh provides Postgres + Redis)
 	GO_TEST_FLAGS=-count=1 bash hack/test.sh -run '^$$' -bench . -benchmem $(ARGS)

@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cacheside/cacheside/app/loadtest/internal/results"
+	"github.com/cacheside/cacheside/hack/loadtest/internal/results"
 )
 
 // bench is one run: the service instances it started, and what the report should say about
@@ -254,7 +254,7 @@ func (b *bench) startCeiling(ctx context.Context, n int, rec response, header ht
 		return "", fmt.Errorf("the ceiling: %w", err)
 	}
 	if diff := rec.diff(got); diff != "" {
-		return "", fmt.Errorf("the ceiling does not answer as /cache does (%s); the ceiling in app/loadtest needs to follow the change", diff)
+		return "", fmt.Errorf("the ceiling does not answer as /cache does (%s); the ceiling in hack/loadtest needs to follow the change", diff)
 	}
 	return url, nil
 }

@@ -11,7 +11,7 @@ import (
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
-	"github.com/cacheside/cacheside/app/loadtest/internal/results"
+	"github.com/cacheside/cacheside/hack/loadtest/internal/results"
 )
 
 // measure sends t the warm-up load, then measures it: conns connections in a closed loop for

@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/cacheside/cacheside/app/loadtest/internal/results"
+	"github.com/cacheside/cacheside/hack/loadtest/internal/results"
 )
 
 // run is one table size at one number of connections, every kind of target present.
@@ -200,7 +200,7 @@ func TestWritePNGDrawsAChart(t *testing.T) {
 	if w := img.Bounds().Dx(); w < 1000 {
 		t.Errorf("chart is %d pixels wide; want at least 1000 for readable labels", w)
 	}
-	// Look at it: CHART_OUT=/tmp/chart.png go test ./app/loadtest/...
+	// Look at it: CHART_OUT=/tmp/chart.png go test ./internal/results (in hack/loadtest)
 	if out := os.Getenv("CHART_OUT"); out != "" {
 		if err := os.WriteFile(filepath.Clean(out), b.Bytes(), 0o644); err != nil {
 			t.Fatal(err)

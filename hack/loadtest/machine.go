@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cacheside/cacheside/app/loadtest/internal/results"
+	"github.com/cacheside/cacheside/hack/loadtest/internal/results"
 )
 
 // machineFacts is the report's header: enough to tell whether another run is comparable.
@@ -25,7 +25,7 @@ func machineFacts(o options, began time.Time) []results.Fact {
 		{Name: "Machine", Value: fmt.Sprintf("%d CPUs (nproc), %s, %s/%s, Linux %s, %s RAM",
 			cpuCount(), cpuModel(), runtime.GOOS, runtime.GOARCH, kernel(), memory())},
 		{Name: "Load average before the run", Value: loadAverage() + " (1, 5, 15 min)"},
-		{Name: "Go", Value: fmt.Sprintf("load generator %s; cacheside %s", runtime.Version(), binaryVersion(o.bin))},
+		{Name: "Go", Value: fmt.Sprintf("load generator %s; cacheside %s", runtime.Version(), binaryVersion(o.bin, o.root))},
 		{Name: "Command", Value: "`" + o.command + "`"},
 		{Name: "Load", Value: fmt.Sprintf("closed loop over keep-alive connections (vegeta), %s per measurement after %s of warm-up, %d round(s) per cell, %s, per-request timeout %s",
 			o.duration, o.warmup, o.repeat, enc, o.timeout)},
@@ -91,7 +91,7 @@ func memory() string {
 
 // binaryVersion is the Go version and commit the cacheside binary was built from; "modified"
 // marks a build from a work tree with uncommitted changes, which a reader should know.
-func binaryVersion(bin string) string {
+func binaryVersion(bin, root string) string {
 	info, err := buildinfo.ReadFile(bin)
 	if err != nil {
 		return "(build info unreadable)"
@@ -110,7 +110,7 @@ func binaryVersion(bin string) string {
 	if rev == "" {
 		// Built with -buildvcs=false (GOFLAGS here does): the work tree it was built from
 		// is the one this runs in.
-		rev, modified = gitRevision()
+		rev, modified = gitRevision(root)
 	}
 	if len(rev) > 12 {
 		rev = rev[:12]
@@ -121,12 +121,17 @@ func binaryVersion(bin string) string {
 	return fmt.Sprintf("built with %s from commit %s%s", info.GoVersion, rev, modified)
 }
 
-func gitRevision() (rev, modified string) {
-	out, err := exec.Command("git", "rev-parse", "HEAD").Output()
+func gitRevision(root string) (rev, modified string) {
+	git := func(args ...string) ([]byte, error) {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = root
+		return cmd.Output()
+	}
+	out, err := git("rev-parse", "HEAD")
 	if err != nil {
 		return "", ""
 	}
-	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(bytes.TrimSpace(st)) > 0 {
+	if st, err := git("status", "--porcelain", "--untracked-files=no"); err == nil && len(bytes.TrimSpace(st)) > 0 {
 		modified = ", uncommitted changes"
 	}
 	return strings.TrimSpace(string(out)), modified

@@ -1,12 +1,17 @@
-// Command loadtest is the benchmark behind make loadtest. It starts one cacheside per cache tier
-// and a ceiling (the service's own router serving fixed bytes, in a process of its own), reseeds
-// the table to each size, and drives GET /sample, GET /cache on every tier and the ceiling at
-// several numbers of connections. It prints the table and writes it as report.md and report.png.
-// Numbers are printed, never asserted. Load generation is vegeta's, used as a library.
+// Command loadtest is the benchmark behind make loadtest. It builds cacheside, starts throwaway
+// PostgreSQL and Redis under .run/loadtest (each unless DATABASE_URL or REDIS_URL names one)
+// and migrates, then starts one cacheside per cache tier and a ceiling (the service's own router
+// serving fixed bytes, in a process of its own), reseeds the table to each size, and drives
+// GET /sample, GET /cache on every tier and the ceiling at several numbers of connections. It
+// prints the table and writes it as report.md and report.png. Numbers are printed, never
+// asserted. Load generation is vegeta's, used as a library. Everything it started is stopped
+// when it ends, also on Ctrl-C or SIGTERM.
 //
-//	DATABASE_URL=… REDIS_URL=… go run ./app/loadtest -bin .run/bin/cacheside -d 5s
+//	make loadtest ARGS="-rows 10,1000 -c 1,32 -d 2s"
+//	cd hack/loadtest && go run . -rows 10,1000 -c 1,32 -d 2s
 //
-// hack/loadtest.sh provides Postgres, Redis, the migrated schema and the binaries.
+// Relative paths in its flags are the repository root's, where make runs. It is a module of its
+// own, so vegeta and the chart's fonts stay out of the service's go.mod.
 package main
 
 import (
@@ -23,21 +28,57 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cacheside/cacheside/app/loadtest/internal/results"
+	"github.com/cacheside/cacheside/hack/loadtest/internal/results"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	// Caught until the end, so a second Ctrl-C does not cut the cleanup short. SIGHUP only when
+	// it is not ignored (nohup): catching it would undo that.
+	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM}
+	if !signal.Ignored(syscall.SIGHUP) {
+		sigs = append(sigs, syscall.SIGHUP)
+	}
+	caught := make(chan os.Signal, 1)
+	signal.Notify(caught, sigs...)
+	go func() {
+		s := <-caught
+		cancel(interrupted{s.(syscall.Signal)})
+	}()
+	// `go run` and make pass a SIGTERM on to their child only, and `go run` exits without
+	// waiting: this way the load test hears of it too, and stops what it started.
+	dieWithParent()
+
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
+	var sig interrupted
 	switch {
 	case err == nil:
 	case errors.Is(err, flag.ErrHelp):
 		os.Exit(2)
+	case errors.As(context.Cause(ctx), &sig):
+		fmt.Fprintf(os.Stderr, "loadtest: stopped by %s; everything it started is stopped\n", sig.String())
+		os.Exit(128 + int(sig.Signal))
 	default:
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
+}
+
+// interrupted is the cause of a run cancelled by a signal.
+type interrupted struct{ syscall.Signal }
+
+func (i interrupted) Error() string { return "interrupted by " + i.String() }
+
+func (i interrupted) String() string {
+	switch i.Signal {
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGHUP:
+		return "SIGHUP"
+	}
+	return i.Signal.String()
 }
 
 // tier is a cache configuration one cacheside instance is started with.
@@ -63,6 +104,7 @@ type options struct {
 	acceptEncoding string
 	out            string
 	command        string
+	root           string // the repository's checkout
 	ceilingSpec    string // set only in the ceiling's own process
 }
 
@@ -73,7 +115,7 @@ const ceilingFlag = "internal-serve-ceiling"
 func parse(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	bin := fs.String("bin", ".run/bin/cacheside", "cacheside binary, started once per cache tier and used to reseed; DATABASE_URL and REDIS_URL come from the environment")
+	bin := fs.String("bin", "", "cacheside binary, started once per cache tier and used to migrate and reseed (default: built from this checkout into .run/bin/cacheside)")
 	rows := fs.String("rows", "10,1000,10000", "comma-separated table sizes; the table is reseeded to each")
 	conns := fs.String("c", "1,8,32", "comma-separated numbers of concurrent keep-alive connections")
 	tiers := fs.String("tiers", "redis,redis+local", "comma-separated cache tiers to measure /cache on: redis (CACHE_LOCAL_ENABLED=false), redis+local (true)")
@@ -82,16 +124,22 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	warmup := fs.Duration("warmup", time.Second, "load sent to each target before each measurement and not counted")
 	timeout := fs.Duration("timeout", 10*time.Second, "per-request timeout")
 	enc := fs.String("accept-encoding", "gzip", `Accept-Encoding header sent with every request ("" sends none, so the service answers identity)`)
-	out := fs.String("out", "app/loadtest/report", "directory for report.md and report.png")
-	command := fs.String("command", "", "command line recorded in report.md (default: this program's)")
+	out := fs.String("out", "hack/loadtest/report", "directory for report.md and report.png")
+	command := fs.String("command", "", `command line recorded in report.md (default: make loadtest ARGS="…" with this run's flags)`)
 	spec := fs.String(ceilingFlag, "", "")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: loadtest [flags]")
+		fmt.Fprintln(stderr, `usage: make loadtest ARGS="[flags]", or go run . [flags] in hack/loadtest
+
+PostgreSQL and Redis are started under .run/loadtest and stopped at the end, each unless
+DATABASE_URL or REDIS_URL names one to use. Relative paths are the repository root's.`)
 		fs.VisitAll(func(f *flag.Flag) {
-			if f.Name == ceilingFlag {
-				return
+			switch {
+			case f.Name == ceilingFlag:
+			case f.DefValue == "":
+				fmt.Fprintf(stderr, "  -%s\n    \t%s\n", f.Name, f.Usage)
+			default:
+				fmt.Fprintf(stderr, "  -%s (default %q)\n    \t%s\n", f.Name, f.DefValue, f.Usage)
 			}
-			fmt.Fprintf(stderr, "  -%s (default %q)\n    \t%s\n", f.Name, f.DefValue, f.Usage)
 		})
 	}
 	if err := fs.Parse(args); err != nil {
@@ -125,7 +173,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-d, -timeout and -repeat must be positive, -warmup not negative")
 	}
 	if o.command == "" {
-		o.command = shellJoin(append([]string{os.Args[0]}, args...))
+		o.command = makeCommand(args)
 	}
 	return o, nil
 }
@@ -142,7 +190,7 @@ func ints(s string) ([]int, error) {
 	return out, nil
 }
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	o, err := parse(args, stderr)
 	if err != nil {
 		return err
@@ -150,6 +198,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.ceilingSpec != "" {
 		return serveCeiling(ctx, o.ceilingSpec, stderr)
 	}
+	env, err := setUp(ctx, &o, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := env.close(); cerr != nil {
+			if err == nil {
+				err = cerr
+			} else {
+				fmt.Fprintf(stderr, "loadtest: %v\n", cerr)
+			}
+		}
+	}()
+
 	began := time.Now()
 	facts := machineFacts(o, began)
 
@@ -248,6 +310,17 @@ func repeatNote(n int) string {
 		return "Each row is one measurement (`-repeat 1`); on a shared machine, differences of 20 % between runs are common. `-repeat 3` measures every cell three times and keeps each target's median."
 	}
 	return fmt.Sprintf("Each row is the median of %d rounds by req/s (its latencies are that round's); the targets' order rotated between rounds.", n)
+}
+
+// makeCommand is how to run this again, as the report records it: make loadtest with the flags
+// as ARGS, quoted for the shell that reads ARGS="…", for make, which expands $, and for the shell
+// of the recipe. Relative paths in them are the repository root's, as make's are.
+func makeCommand(args []string) string {
+	if len(args) == 0 {
+		return "make loadtest"
+	}
+	quoted := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "`", "\\`", "$", `\$\$`).Replace(shellJoin(args))
+	return `make loadtest ARGS="` + quoted + `"`
 }
 
 // shellJoin quotes args so the command can be pasted back into a shell.
