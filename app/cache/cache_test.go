@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/cacheside/cacheside/app/cache"
+	"github.com/cacheside/cacheside/app/config"
 	"github.com/cacheside/cacheside/app/internal/testenv"
 	"github.com/cacheside/cacheside/app/platform/redisclient"
 	"github.com/cacheside/cacheside/app/service"
@@ -333,17 +334,13 @@ func (rc *redisCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 // productionCache is the cache as the service builds it from the default configuration: the
 // production Redis client (pool of 10 per CPU, REDIS_TIMEOUT for pool waits and commands) and
 // the production cache options. overrides are NAME=value settings the test needs.
-func productionCache(t *testing.T, overrides ...string) (*cache.Cache, *redis.Client) {
+func productionCache(t *testing.T, overrides ...string) (*cache.Cache, *redis.Client, config.Config) {
 	t.Helper()
 	cfg := testenv.Config(t, overrides...)
-	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Mode: cfg.RedisMode, Timeout: cfg.RedisTimeout, PoolSize: cfg.RedisPoolSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
+	rdb := testenv.RedisClient(t, cfg)
 	c := cache.New(rdb, service.CacheOptions(cfg, slog.Default()))
 	t.Cleanup(func() { c.Close(context.Background()) })
-	return c, rdb.(*redis.Client)
+	return c, rdb.(*redis.Client), cfg
 }
 
 // warm waits until the client has dialled its whole pool, as a running service's has: the
@@ -370,7 +367,7 @@ func TestConcurrentMissesShareOneLoad(t *testing.T) {
 	for _, procs := range []int{1, 2} {
 		t.Run(fmt.Sprintf("GOMAXPROCS=%d", procs), func(t *testing.T) {
 			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
-			c, rdb := productionCache(t)
+			c, rdb, _ := productionCache(t)
 			warm(t, rdb)
 			counter := countCommands(rdb)
 			src := &source{value: "v"}
@@ -425,14 +422,7 @@ func TestConcurrentMissesShareOneLoad(t *testing.T) {
 func TestAStormWhileRedisIsDownSharesItsLoads(t *testing.T) {
 	const callers = 1000
 	srv := testenv.StartRedis(t)
-	cfg := testenv.Config(t, "REDIS_URL="+srv.URL())
-	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Timeout: cfg.RedisTimeout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
-	c := cache.New(rdb, service.CacheOptions(cfg, slog.Default()))
-	t.Cleanup(func() { c.Close(context.Background()) })
+	c, _, _ := productionCache(t, "REDIS_URL="+srv.URL())
 	srv.Stop()
 	src := &source{value: "v"}
 	testenv.Eventually(t, 30*time.Second, func() error { // failures in series open the breaker
@@ -479,7 +469,7 @@ func TestAStormWhileRedisIsDownSharesItsLoads(t *testing.T) {
 // ever waits for a connection. Each key is loaded exactly once, whatever each read's outcome.
 func TestAStormAcrossKeysNeverWaitsForAConnection(t *testing.T) {
 	const keys = 1000
-	c, rdb := productionCache(t)
+	c, rdb, _ := productionCache(t)
 	warm(t, rdb)
 	var loads atomic.Int64
 	load := func(context.Context) (view.View, error) { loads.Add(1); return val("v"), nil }
@@ -513,15 +503,8 @@ func TestAStormAcrossKeysNeverWaitsForAConnection(t *testing.T) {
 // Redis that stays frozen opens it once failures follow one another (TestRedisHung...).
 func TestOneStallSeenByConcurrentReadsCountsOnce(t *testing.T) {
 	srv := testenv.StartRedis(t)
-	cfg := testenv.Config(t, "REDIS_URL="+srv.URL())
-	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Timeout: cfg.RedisTimeout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
-	warm(t, rdb.(*redis.Client))
-	c := cache.New(rdb, service.CacheOptions(cfg, slog.Default()))
-	t.Cleanup(func() { c.Close(context.Background()) })
+	c, rdb, _ := productionCache(t, "REDIS_URL="+srv.URL())
+	warm(t, rdb)
 
 	srv.Pause()
 	var wg sync.WaitGroup
@@ -698,15 +681,8 @@ func TestRedisDownServesFromTheSourceAndRecovers(t *testing.T) {
 // did can wait on Redis.
 func TestRedisHungServesFromTheSourceWithinTheTimeout(t *testing.T) {
 	srv := testenv.StartRedis(t)
-	cfg := testenv.Config(t, "REDIS_URL="+srv.URL())
-	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Timeout: cfg.RedisTimeout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
-	warm(t, rdb.(*redis.Client))
-	c := cache.New(rdb, service.CacheOptions(cfg, slog.Default()))
-	t.Cleanup(func() { c.Close(context.Background()) })
+	c, rdb, cfg := productionCache(t, "REDIS_URL="+srv.URL())
+	warm(t, rdb)
 	src := &source{value: "v"}
 	fetch(t, c, src.load)
 

@@ -54,7 +54,7 @@ func (s *CachedStore) Create(ctx context.Context, title string) (Sample, error) 
 
 // Update changes a sample and retires the list and that item.
 func (s *CachedStore) Update(ctx context.Context, id int64, title string) (Sample, error) {
-	if retireBeforeCommit {
+	if retireBeforeCommit { // only in the soak's proof that its checker fails: see bug_off.go
 		_ = s.cache.Invalidate(ctx, listKey, itemKey(id))
 		return s.db.Update(ctx, id, title)
 	}
@@ -92,11 +92,11 @@ func (s *CachedStore) InvalidateAll(ctx context.Context) error {
 	return s.cache.InvalidateSpace(ctx, "item")
 }
 
-// retireViews retires the cached views a write affected. It never fails the write: the cache defers what Redis did not take, bypasses itself for
-// those keys and redelivers them. A write that failed may still be on its way: a statement whose
-// client gave up can run on the server, and commit, after the error came back (waiting for a row
-// lock, say), and a read in between could cache the old row again. So its views are retired once
-// more when it can no longer land.
+// retireViews retires the cached views a write affected. It never fails the write: the cache
+// defers what Redis did not take, bypasses itself for those keys and redelivers them. A write
+// that failed may still be on its way: a statement whose client gave up can run on the server,
+// and commit, after the error came back (waiting for a row lock, say), and a read in between
+// could cache the old row again. So its views are retired once more when it can no longer land.
 func (s *CachedStore) retireViews(ctx context.Context, writeErr error, keys ...cache.Key) {
 	_ = s.cache.Invalidate(ctx, keys...)
 	if writeErr != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +15,6 @@ import (
 	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/internal/testenv"
 	"github.com/cacheside/cacheside/app/platform/postgres"
-	"github.com/cacheside/cacheside/app/platform/redisclient"
 	"github.com/cacheside/cacheside/app/samples"
 	"github.com/cacheside/cacheside/app/service"
 )
@@ -49,29 +47,17 @@ func (h *holdOn) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData
 // an error, yet the data changed. The views it affects must be retired anyway, or every replica
 // serves the old data until the TTL. The stores use the production cache settings.
 func TestAWriteWhoseReplyIsLostStillRetiresWhatItChanged(t *testing.T) {
-	dbURL := testenv.Database(t)
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := testenv.StartProxy(t, u.Host)
-	u.Host = proxy.Addr()
-	cfg := testenv.Config(t, "DATABASE_URL="+u.String())
+	dbURL, proxy, direct := testenv.ProxiedDatabase(t)
+	cfg := testenv.Config(t, "DATABASE_URL="+dbURL)
 	hold := &holdOn{proxy: proxy}
 	pool, err := postgres.Open(context.Background(), postgres.Options{URL: cfg.DatabaseURL, MaxConns: cfg.DatabaseMaxConns, ConnectTimeout: cfg.DatabaseConnectTimeout, Tracer: hold})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Timeout: cfg.RedisTimeout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
-	c := cache.New(rdb, service.CacheOptions(cfg, slog.Default()))
+	c := cache.New(testenv.RedisClient(t, cfg), service.CacheOptions(cfg, slog.Default()))
 	t.Cleanup(func() { c.Close(context.Background()) })
 	cached := samples.NewCachedStore(samples.NewPGStore(pool, cfg.DatabaseTimeout), c, service.LateWriteBound(cfg))
-	direct := testenv.Pool(t, dbURL) // around the proxy: sees what the server committed
 
 	ctx := context.Background()
 	titleOf := func(id int64) (string, error) {
@@ -176,15 +162,8 @@ func TestAWriteWhoseReplyIsLostStillRetiresWhatItChanged(t *testing.T) {
 // write can no longer land (statement_timeout), its views are retired again, so the old row is
 // served for that long at most, not for the TTL.
 func TestAWriteThatLandsAfterItsClientGaveUpIsRetiredAgain(t *testing.T) {
-	dbURL := testenv.Database(t)
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := testenv.StartProxy(t, u.Host)
-	u.Host = proxy.Addr()
-	svc := testenv.Service(t, "DATABASE_URL="+u.String())
-	direct := testenv.Pool(t, dbURL)
+	dbURL, proxy, direct := testenv.ProxiedDatabase(t)
+	svc := testenv.Service(t, "DATABASE_URL="+dbURL)
 	ctx := context.Background()
 	s, err := svc.Cached.Create(ctx, "before")
 	if err != nil {
@@ -250,15 +229,8 @@ func TestAWriteThatLandsAfterItsClientGaveUpIsRetiredAgain(t *testing.T) {
 // whose cancel request was lost cannot land later than that: the bound the second retirement
 // of such a write relies on.
 func TestAWriteWhoseClientGaveUpCannotLandAfterTheQueryTimeout(t *testing.T) {
-	dbURL := testenv.Database(t)
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := testenv.StartProxy(t, u.Host)
-	u.Host = proxy.Addr()
-	svc := testenv.Service(t, "DATABASE_URL="+u.String(), "DATABASE_TIMEOUT=1s")
-	direct := testenv.Pool(t, dbURL)
+	dbURL, proxy, direct := testenv.ProxiedDatabase(t)
+	svc := testenv.Service(t, "DATABASE_URL="+dbURL, "DATABASE_TIMEOUT=1s")
 	ctx := context.Background()
 	s, err := svc.Samples.Create(ctx, "before")
 	if err != nil {

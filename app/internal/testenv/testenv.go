@@ -9,7 +9,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"net"
-	"net/url"
+	neturl "net/url"
 	"os"
 	"slices"
 	"strings"
@@ -22,6 +22,7 @@ import (
 
 	"github.com/cacheside/cacheside/app/config"
 	"github.com/cacheside/cacheside/app/platform/postgres"
+	"github.com/cacheside/cacheside/app/platform/redisclient"
 	"github.com/cacheside/cacheside/app/service"
 )
 
@@ -77,7 +78,7 @@ func CreateDatabase(t testing.TB, adminURL string) string {
 			t.Logf("dropping %s: %v", name, err)
 		}
 	})
-	u, err := url.Parse(adminURL)
+	u, err := neturl.Parse(adminURL)
 	if err != nil {
 		t.Fatalf("parsing database url: %v", err)
 	}
@@ -206,4 +207,30 @@ func Service(t testing.TB, overrides ...string) *service.Service {
 		}
 	})
 	return svc
+}
+
+// RedisClient is the service's Redis client for cfg, as it builds it, closed when the test ends.
+func RedisClient(t testing.TB, cfg config.Config) redis.UniversalClient {
+	t.Helper()
+	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Mode: cfg.RedisMode, Timeout: cfg.RedisTimeout, PoolSize: cfg.RedisPoolSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// ProxiedDatabase creates a fresh database and returns the URL of it through a Proxy (to lose
+// replies or refuse connections on purpose), the proxy, and a pool that bypasses the proxy (to
+// see what the server committed).
+func ProxiedDatabase(t testing.TB) (url string, proxy *Proxy, direct *pgxpool.Pool) {
+	t.Helper()
+	dbURL := Database(t)
+	u, err := neturl.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy = StartProxy(t, u.Host)
+	u.Host = proxy.Addr()
+	return u.String(), proxy, Pool(t, dbURL)
 }
