@@ -14,6 +14,9 @@ BIN := .run/bin/cacheside
 STATICCHECK_VERSION := v0.8.2
 # Extra arguments for the scripts, e.g. make test ARGS='-run TestCache -v'
 ARGS ?=
+# Every Go module of the repository: the service's, and the tools' that keep their dependencies
+# out of it.
+GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tiltcheck hack/tools
 
 .PHONY: help run test soak chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench
 
@@ -22,12 +25,13 @@ help: ## Show this help
 	@echo
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z0-9_-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-run: ## Run everything locally: dev Postgres + Redis, migrate, seed, serve
-	bash hack/run.sh
+run: ## Run everything locally: dev Postgres + Redis + Jaeger, migrate, seed, serve (hack/dev)
+	$(GO) run ./hack/dev run
 
 test: ## Every test: Go (-race) against throwaway Postgres, Redis and Jaeger, short checked soaks, then chart, image, workflow, Tiltfile and k8s/ checks
-	bash hack/test.sh $(ARGS)
+	$(GO) run ./hack/dev test $(ARGS)
 	cd hack/soak && GOWORK=off $(GO) test -count=1 -timeout 20m ./...
+	cd hack/loadtest && GOWORK=off $(GO) test -count=1 ./...
 	bash hack/chart-test.sh
 	bash hack/ci-check.sh
 
@@ -46,7 +50,7 @@ kind-up: ## Local kind cluster and registry for Tilt (needs Docker)
 kind-down: ## Delete the kind cluster and its registry
 	bash hack/kind-down.sh
 
-lint: ## gofmt check, go vet, staticcheck
+lint: ## gofmt, go mod tidy -diff in every module, go vet, staticcheck, shellcheck
 	@echo '==> gofmt -l'
 	@# Every Go file in the tree (also nested modules), minus local state.
 	@unformatted=$$(find . \( -path ./.git -o -path ./.run -o -path ./build -o -name vendor -o -name testdata \) -prune \
@@ -54,19 +58,23 @@ lint: ## gofmt check, go vet, staticcheck
 	if [[ -n $$unformatted ]]; then \
 		echo 'These files need gofmt -w:'; echo "$$unformatted"; exit 1; \
 	fi
-	@# Both fail on a module without packages (yet); -e still lists broken ones.
-	@if [[ -z $$($(GO) list -e ./... 2>/dev/null) ]]; then echo 'no Go packages yet: skipping go vet and staticcheck'; exit 0; fi; \
-	echo '==> go vet ./...'; \
-	$(GO) vet ./...; \
-	echo '==> staticcheck@$(STATICCHECK_VERSION) ./...'; \
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...; \
-	echo '==> staticcheck charts/tests hack/tools hack/tiltcheck hack/soak'; \
-	(cd charts/tests && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...); \
-	(cd hack/tools && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./k8sjsonschema); \
-	(cd hack/tiltcheck && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...); \
-	(cd hack/soak && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
-	@echo '==> shellcheck hack/*.sh hack/lib/*.sh'
-	@shellcheck -x hack/*.sh hack/lib/*.sh
+	@echo '==> go mod tidy -diff (every module)'
+	@for m in $(GO_MODULES); do \
+		(cd $$m && GOWORK=off $(GO) mod tidy -diff) || { echo "$$m: go.mod or go.sum is not tidy: run go mod tidy there"; exit 1; }; \
+	done
+	@echo '==> go vet ./...'
+	@$(GO) vet ./...
+	@echo '==> staticcheck@$(STATICCHECK_VERSION) ./...'
+	@$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	@echo '==> go vet and staticcheck in the tool modules'
+	@(cd charts/tests && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
+	@(cd hack/tools && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./k8sjsonschema)
+	@(cd hack/tiltcheck && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
+	@for m in hack/soak hack/loadtest; do \
+		(cd $$m && GOWORK=off $(GO) vet ./... && GOWORK=off $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...) || exit 1; \
+	done
+	@echo '==> shellcheck hack/*.sh'
+	@shellcheck -x hack/*.sh
 
 build: ## Build the service binary into .run/bin/cacheside
 	$(GO) build -o $(BIN) ./app
@@ -74,14 +82,11 @@ build: ## Build the service binary into .run/bin/cacheside
 tidy: ## go mod tidy
 	$(GO) mod tidy
 
-clean: ## Stop local dev/test servers and delete .run (dev data included)
-	@# Deleting the data of a running server would leave it running blind.
-	@. hack/lib/local.sh; \
-	for d in .run/*/; do local::redis_stop "$${d}redis"; local::pg_destroy "$${d}pg"; done
-	rm -rf .run
+clean: ## Stop every server under .run (dev, test, load test, soak) and delete .run (dev data included)
+	$(GO) run ./hack/dev clean
 
 loadtest: ## Benchmark report: ceiling, /sample, /cache per tier -> hack/loadtest/report/ (ARGS go to the generator, e.g. -help)
 	cd hack/loadtest && GOWORK=off $(GO) run . $(ARGS)
 
-bench: ## Go benchmarks of the hot paths (hack/test.sh provides Postgres + Redis)
-	GO_TEST_FLAGS=-count=1 bash hack/test.sh -run '^$$' -bench . -benchmem $(ARGS)
+bench: ## Go benchmarks of the hot paths (hack/dev provides Postgres + Redis)
+	GO_TEST_FLAGS=-count=1 $(GO) run ./hack/dev test -run '^$$' -bench . -benchmem $(ARGS)

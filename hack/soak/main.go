@@ -24,6 +24,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/cacheside/cacheside/hack/servers"
 )
 
 type options struct {
@@ -87,7 +89,8 @@ func run(ctx context.Context, o options, w io.Writer) (*report, error) {
 	if o.seed == 0 {
 		o.seed = uint64(time.Now().UnixNano())
 	}
-	if err := os.RemoveAll(o.out); err != nil {
+	// A soak killed hard leaves its servers running: stop them before taking the folder over.
+	if err := servers.Clean(o.out, io.Discard); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
