@@ -494,11 +494,13 @@ func (c *Cache) compress(v view.View) view.View {
 // its budget, so a timeout means Redis did not answer; waiting for a slot is this process's own
 // saturation and never reaches the breaker (the read bypasses instead).
 func (c *Cache) call(ctx context.Context, op func(context.Context) error) error {
-	wctx, cancel := context.WithTimeout(ctx, c.opts.OpTimeout)
-	err := c.slots.Acquire(wctx, 1)
-	cancel()
-	if err != nil {
-		return errSaturated
+	if !c.slots.TryAcquire(1) { // a slot is free almost always: no timer then
+		wctx, cancel := context.WithTimeout(ctx, c.opts.OpTimeout)
+		err := c.slots.Acquire(wctx, 1)
+		cancel()
+		if err != nil {
+			return errSaturated
+		}
 	}
 	defer c.slots.Release(1)
 	done, err := c.breaker.Allow()
