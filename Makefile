@@ -9,6 +9,8 @@ MAKEFLAGS += --no-print-directory
 
 GO ?= go
 BIN := .run/bin/cacheside
+# How long each step of a target took, after it (bash's time keyword).
+export TIMEFORMAT := <== that step took %1lR
 # Newest staticcheck release at the time of writing; supports Go 1.26.
 # `go run pkg@version` builds it into the Go cache: nothing to install.
 STATICCHECK_VERSION := v0.8.2
@@ -29,11 +31,11 @@ run: ## Run everything locally: dev Postgres + Redis + Jaeger, migrate, seed, se
 	$(GO) run ./hack/dev run
 
 test: ## Every test: Go (-race) against throwaway Postgres, Redis and Jaeger, short checked soaks, then chart, image, workflow, Tiltfile and k8s/ checks
-	$(GO) run ./hack/dev test $(ARGS)
-	cd hack/soak && GOWORK=off $(GO) test -count=1 -timeout 20m ./...
-	cd hack/loadtest && GOWORK=off $(GO) test -count=1 ./...
-	bash hack/chart-test.sh
-	bash hack/ci-check.sh
+	time $(GO) run ./hack/dev test $(ARGS)
+	time (cd hack/soak && GOWORK=off $(GO) test -count=1 -timeout 20m ./...)
+	time (cd hack/loadtest && GOWORK=off $(GO) test -count=1 ./...)
+	time bash hack/chart-test.sh
+	time bash hack/ci-check.sh
 
 soak: ## The checked soak under faults: two services, chaos, porcupine (ARGS e.g. -d 10m -near-cache -seed N)
 	cd hack/soak && GOWORK=off $(GO) run . $(ARGS)
