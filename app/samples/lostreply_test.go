@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/internal/testenv"
@@ -169,14 +170,7 @@ func TestAWriteThatLandsAfterItsClientGaveUpIsRetiredAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	locker, err := direct.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer locker.Rollback(ctx)
-	if _, err := locker.Exec(ctx, "SELECT 1 FROM samples WHERE id = $1 FOR UPDATE", s.ID); err != nil {
-		t.Fatal(err)
-	}
+	locker := lockRow(t, direct, s.ID)
 
 	wctx, cancel := context.WithCancel(ctx)
 	updated := make(chan error, 1)
@@ -236,14 +230,7 @@ func TestAWriteWhoseClientGaveUpCannotLandAfterTheQueryTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	locker, err := direct.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer locker.Rollback(ctx)
-	if _, err := locker.Exec(ctx, "SELECT 1 FROM samples WHERE id = $1 FOR UPDATE", s.ID); err != nil {
-		t.Fatal(err)
-	}
+	locker := lockRow(t, direct, s.ID)
 	waiters := func() (n int) {
 		_ = direct.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE NOT granted").Scan(&n)
 		return n
@@ -273,4 +260,20 @@ func TestAWriteWhoseClientGaveUpCannotLandAfterTheQueryTimeout(t *testing.T) {
 	if err := direct.QueryRow(ctx, "SELECT title FROM samples WHERE id = $1", s.ID).Scan(&title); err != nil || title != "before" {
 		t.Errorf("the row holds %q (%v): an abandoned write landed after the query timeout", title, err)
 	}
+}
+
+// lockRow takes the row lock of sample id in a transaction of its own, so a write to that row
+// waits until the returned transaction ends (rolled back at the end of the test at the latest).
+func lockRow(t *testing.T, db *pgxpool.Pool, id int64) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, "SELECT 1 FROM samples WHERE id = $1 FOR UPDATE", id); err != nil {
+		t.Fatal(err)
+	}
+	return tx
 }
