@@ -492,7 +492,10 @@ func (c *Cache) compress(v view.View) view.View {
 // outside the operation's own budget), asks the breaker, then gives the operation OpTimeout.
 // With no more operations in flight than the pool holds connections, none waits for one inside
 // its budget, so a timeout means Redis did not answer; waiting for a slot is this process's own
-// saturation and never reaches the breaker (the read bypasses instead).
+// saturation and never reaches the breaker (the read bypasses instead). The one exception follows
+// a failure: go-redis drops a connection whose operation failed and re-dials it in the background
+// (the pool is kept full, see redisclient), holding a pool turn for the dial, so for that long
+// the pool has fewer connections than the slots promise and an operation may wait a dial's time.
 func (c *Cache) call(ctx context.Context, op func(context.Context) error) error {
 	if !c.slots.TryAcquire(1) { // a slot is free almost always: no timer then
 		wctx, cancel := context.WithTimeout(ctx, c.opts.OpTimeout)
