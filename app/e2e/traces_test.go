@@ -408,7 +408,7 @@ func startJaeger(t *testing.T) jaegerProc {
 		ports[name] = testenv.FreePort(t)
 		env = append(env, fmt.Sprintf("JAEGER_%s_PORT=%d", name, ports[name]))
 	}
-	cmd := exec.Command(bin, "--config", filepath.Join(repoRoot(t), "hack", "jaeger", "config.yaml"))
+	cmd := testenv.Command(bin, "--config", filepath.Join(repoRoot(t), "hack", "jaeger", "config.yaml"))
 	cmd.Env = append(os.Environ(), env...)
 	log, err := os.Create(filepath.Join(t.TempDir(), "jaeger.log"))
 	if err != nil {
@@ -467,7 +467,7 @@ func buildService(t *testing.T) string {
 func runService(t *testing.T, bin string, env []string) string {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	cmd := exec.Command(bin, "serve")
+	cmd := testenv.Command(bin, "serve")
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HTTP_ADDR=" + addr}, env...)
 	out := &testenv.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out

@@ -55,6 +55,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: go run ./hack/dev test [go test flags] | run | clean")
 		os.Exit(2)
 	}
+	// make and `go run` pass a SIGTERM (a CI timeout, kill) on to their child only, and `go run`
+	// exits without waiting: this way it reaches us too, and we stop what we started.
+	servers.DieWithParent()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code, err := dispatch(ctx, os.Args[1], os.Args[2:])
 	stop()
@@ -108,7 +111,7 @@ func test(ctx context.Context, root string, args []string) (int, error) {
 	}
 	if os.Getenv("JAEGER_BIN") == "" { // the trace tests run a real Jaeger v2
 		logf("building Jaeger if needed (hack/jaeger.sh build: minutes the first time)")
-		out, err := jaeger(context.Background(), root, "build")
+		out, err := jaeger(ctx, root, "build")
 		if err != nil {
 			return 1, err
 		}
@@ -121,8 +124,23 @@ func test(ctx context.Context, root string, args []string) (int, error) {
 			cleanup[i]()
 		}
 	}()
-	if os.Getenv("TEST_DATABASE_URL") == "" || os.Getenv("TEST_REDIS_URL") == "" {
-		dir := filepath.Join(root, ".run", "test")
+	// Everything the run starts lives under dir, the tests' own servers too (TMPDIR, so their
+	// t.TempDir is there): if a test binary dies without its cleanups (a timeout, a signal), the
+	// servers it started die with it (servers.DiesWithParent) and Clean removes what they left.
+	// Servers of our own are started in .run/test, one run per checkout at a time; with both
+	// URLs given, a run gets a folder of its own.
+	var dir string
+	if os.Getenv("TEST_DATABASE_URL") != "" && os.Getenv("TEST_REDIS_URL") != "" {
+		if err := os.MkdirAll(filepath.Join(root, ".run"), 0o755); err != nil {
+			return 1, err
+		}
+		d, err := os.MkdirTemp(filepath.Join(root, ".run"), "test-")
+		if err != nil {
+			return 1, err
+		}
+		dir = d
+	} else {
+		dir = filepath.Join(root, ".run", "test")
 		unlock, err := lock(filepath.Join(root, ".run", "test.lock"))
 		if err != nil {
 			return 1, err
@@ -132,7 +150,13 @@ func test(ctx context.Context, root string, args []string) (int, error) {
 		if err := servers.Clean(dir, logw); err != nil {
 			return 1, err
 		}
-		cleanup = append(cleanup, func() { _ = os.RemoveAll(dir) })
+	}
+	cleanup = append(cleanup, func() { report(servers.Clean(dir, logw)) })
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return 1, err
+	}
+	if os.Getenv("TEST_DATABASE_URL") == "" || os.Getenv("TEST_REDIS_URL") == "" {
 		if os.Getenv("TEST_DATABASE_URL") == "" {
 			pg, err := servers.StartPostgres(ctx, servers.PostgresOptions{Dir: filepath.Join(dir, "pg"), Throwaway: true, Log: logw})
 			if err != nil {
@@ -156,10 +180,14 @@ func test(ctx context.Context, root string, args []string) (int, error) {
 		flags = []string{"-race", "-count=1"}
 	}
 	goArgs := append(append(append([]string{"test"}, flags...), "./..."), args...)
+	if err := ctx.Err(); err != nil { // interrupted while building or starting servers
+		return 1, errors.New("interrupted")
+	}
 	logf("TEST_DATABASE_URL=%s TEST_REDIS_URL=%s", os.Getenv("TEST_DATABASE_URL"), os.Getenv("TEST_REDIS_URL"))
 	logf("go %s", strings.Join(goArgs, " "))
 	cmd := exec.Command("go", goArgs...)
 	cmd.Dir, cmd.Stdout, cmd.Stderr = root, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
 	return exitCode(supervise(cmd, 0))
 }
 
@@ -370,9 +398,13 @@ func lock(path string) (func(), error) {
 		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(path)
 		f.Close()
-		return nil, fmt.Errorf("another test run is using %s; wait for it, or set TEST_DATABASE_URL and TEST_REDIS_URL", filepath.Dir(path)+"/test")
+		return nil, fmt.Errorf("another test run (pid %s) is using %s; wait for it, or set TEST_DATABASE_URL and TEST_REDIS_URL",
+			strings.TrimSpace(string(holder)), filepath.Join(filepath.Dir(path), "test"))
 	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	return func() { f.Close() }, nil
 }
 

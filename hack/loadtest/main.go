@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/cacheside/cacheside/hack/loadtest/internal/results"
+	"github.com/cacheside/cacheside/hack/servers"
 )
 
 func main() {
@@ -47,7 +48,7 @@ func main() {
 	}()
 	// `go run` and make pass a SIGTERM on to their child only, and `go run` exits without
 	// waiting: this way the load test hears of it too, and stops what it started.
-	dieWithParent()
+	servers.DieWithParent()
 
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	var sig interrupted

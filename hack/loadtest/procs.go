@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cacheside/cacheside/hack/servers"
 )
 
 // child is a process the run started and must stop, also when interrupted.
@@ -34,7 +36,7 @@ func startChild(name, bin string, args, env []string, stderr io.Writer) (*child,
 	c.cmd.Env = env
 	c.cmd.Stdout = c.log
 	c.cmd.Stderr = c.log
-	c.cmd.SysProcAttr = childAttr()
+	c.cmd.SysProcAttr = servers.DiesWithParent(nil, syscall.SIGTERM) // no cacheside left serving on a forgotten port
 	if err := c.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}

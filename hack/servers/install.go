@@ -165,11 +165,15 @@ func PostgresUser(log io.Writer) (*RunAs, error) {
 	return &RunAs{Name: name, UID: uid, GID: gid}, nil
 }
 
-// credential runs a command as r (nil: as ourselves).
-func (r *RunAs) credential() *syscall.SysProcAttr {
-	attr := &syscall.SysProcAttr{Setpgid: true} // its own process group: a Ctrl-C aimed at us does not hit it
+// credential runs a command as r (nil: as ourselves), in its own process group (a Ctrl-C aimed
+// at us does not hit it), sent deathsig if we die without stopping it (0: it outlives us).
+func (r *RunAs) credential(deathsig syscall.Signal) *syscall.SysProcAttr {
+	attr := &syscall.SysProcAttr{Setpgid: true}
 	if r != nil {
 		attr.Credential = &syscall.Credential{Uid: uint32(r.UID), Gid: uint32(r.GID)}
+	}
+	if deathsig != 0 {
+		attr = DiesWithParent(attr, deathsig)
 	}
 	return attr
 }

@@ -183,7 +183,7 @@ func (p *Postgres) data() string { return filepath.Join(p.home, "data") }
 // command runs a PostgreSQL binary as the server's user, from /, where that user can read.
 func (p *Postgres) command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(filepath.Join(p.bin, name), args...)
-	cmd.SysProcAttr = p.runAs.credential()
+	cmd.SysProcAttr = p.runAs.credential(syscall.SIGINT) // fast shutdown
 	cmd.Dir = "/"
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	return cmd
@@ -335,7 +335,7 @@ func prepareHome(dir string, runAs *RunAs, log io.Writer) (string, error) {
 		return "", err
 	}
 	probe := exec.Command("test", "-w", home, "-a", "-x", home)
-	probe.SysProcAttr = runAs.credential()
+	probe.SysProcAttr = runAs.credential(0)
 	probe.Dir = "/"
 	if probe.Run() == nil {
 		return home, nil

@@ -104,7 +104,7 @@ func (r *Redis) Start(ctx context.Context) error {
 		"--pidfile", r.pidFile(), "--logfile", r.logFile()), r.opts.Args...)
 	fmt.Fprintf(r.opts.Log, "starting Redis on %s (dir %s)\n", r.Addr(), r.opts.Dir)
 	cmd := exec.Command(r.bin, args...)
-	cmd.SysProcAttr = (*RunAs)(nil).credential()
+	cmd.SysProcAttr = (*RunAs)(nil).credential(syscall.SIGTERM)
 	pr, err := startProc(cmd)
 	if err != nil {
 		return fmt.Errorf("starting redis-server: %w", err)
@@ -187,25 +187,35 @@ func StartRedisSentinel(ctx context.Context, dir string) (master, sentinel *Redi
 	if err != nil {
 		return nil, nil, "", err
 	}
+	defer func() { // on any failure below, stop what was started
+		if err != nil {
+			for _, r := range []*Redis{sentinel, master} {
+				if r != nil {
+					_ = r.Kill()
+				}
+			}
+			master, sentinel = nil, nil
+		}
+	}()
 	sdir := filepath.Join(dir, "sentinel")
-	if err := os.MkdirAll(sdir, 0o755); err != nil {
-		return nil, nil, "", err
+	if err = os.MkdirAll(sdir, 0o755); err != nil {
+		return
 	}
 	conf := filepath.Join(sdir, "sentinel.conf")
 	text := fmt.Sprintf("sentinel monitor mymaster 127.0.0.1 %d 1\n", master.Port())
-	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-		return nil, nil, "", err
+	if err = os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		return
 	}
 	sentinel, err = StartRedis(ctx, RedisOptions{Dir: sdir, Conf: conf, Args: []string{"--sentinel"}})
 	if err != nil {
-		_ = master.Kill()
-		return nil, nil, "", err
+		return
 	}
 	s := redis.NewSentinelClient(&redis.Options{Addr: sentinel.Addr()})
 	defer s.Close()
 	err = waitFor(ctx, 30*time.Second, func() error { return s.GetMasterAddrByName(ctx, "mymaster").Err() })
 	if err != nil {
-		return nil, nil, "", fmt.Errorf("the sentinel does not know its master: %w", err)
+		err = fmt.Errorf("the sentinel does not know its master: %w", err)
+		return
 	}
 	return master, sentinel, fmt.Sprintf("redis://%s/0?master_name=mymaster", sentinel.Addr()), nil
 }

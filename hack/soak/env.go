@@ -52,7 +52,8 @@ func (s *service) start(ctx context.Context) error {
 	cmd := exec.Command(s.bin, "serve")
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, s.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group (chaos signals it alone), and gone if the soak dies without stopping it.
+	cmd.SysProcAttr = servers.DiesWithParent(&syscall.SysProcAttr{Setpgid: true}, syscall.SIGTERM)
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return err
@@ -178,7 +179,7 @@ func startEnvironment(ctx context.Context, o options, log io.Writer) (*environme
 		env.close()
 		return nil, fmt.Errorf("cacheside migrate: %v\n%s", err, out)
 	}
-	for i, name := range []string{"a", "b"} {
+	for _, name := range []string{"a", "b"} {
 		port, err := servers.FreePort()
 		if err != nil {
 			env.close()
@@ -190,7 +191,6 @@ func startEnvironment(ctx context.Context, o options, log io.Writer) (*environme
 			return nil, err
 		}
 		env.services = append(env.services, svc)
-		_ = i
 	}
 	return env, nil
 }

@@ -21,8 +21,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cacheside/cacheside/hack/servers"
@@ -60,7 +62,11 @@ func main() {
 	recorded := flag.String("check", "", "check a saved recording.json again instead of running")
 	flag.Parse()
 
-	ctx := context.Background()
+	// Interrupted (Ctrl-C, or SIGTERM to make or `go run`, which reaches us through
+	// DieWithParent), the soak stops its services and servers and reports nothing.
+	servers.DieWithParent()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	var rep *report
 	var err error
 	if *recorded != "" {
@@ -124,6 +130,9 @@ func run(ctx context.Context, o options, w io.Writer) (*report, error) {
 	}
 	defer env.close()
 	rec, err := drive(ctx, o, env, log)
+	if err == nil && ctx.Err() != nil {
+		err = fmt.Errorf("interrupted: %w", context.Cause(ctx))
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,9 @@ package testenv
 
 import (
 	"context"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/cacheside/cacheside/hack/servers"
@@ -107,4 +109,12 @@ func (s *PostgresServer) Start() {
 	if err := s.Postgres.Start(context.Background()); err != nil {
 		s.t.Fatal(err)
 	}
+}
+
+// Command is exec.Command for a process a test starts (a service, Jaeger): it is killed if the
+// test binary dies without running its cleanups (a timeout panic, a signal).
+func Command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = servers.DiesWithParent(nil, syscall.SIGKILL)
+	return cmd
 }
