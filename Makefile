@@ -69,9 +69,9 @@ lint: ## gofmt, go mod tidy -diff in every module, go vet, staticcheck, shellche
 	@echo '==> staticcheck@$(STATICCHECK_VERSION) ./...'
 	@$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 	@echo '==> go vet and staticcheck in the tool modules'
-	@(cd charts/tests && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
-	@(cd hack/tools && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./k8sjsonschema)
-	@(cd hack/tiltcheck && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
+	@(cd charts/tests && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
+	@(cd hack/tools && $(GO) vet ./k8sjsonschema && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./k8sjsonschema)
+	@(cd hack/tiltcheck && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
 	@for m in hack/soak hack/loadtest; do \
 		(cd $$m && GOWORK=off $(GO) vet ./... && GOWORK=off $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...) || exit 1; \
 	done

@@ -58,10 +58,13 @@ mkdir -p "$bin"
 
 ensure_shellcheck() {
 	command -v shellcheck >/dev/null 2>&1 && return 0
-	if ((EUID == 0)) && command -v apt-get >/dev/null 2>&1; then
+	# As hack/servers installs PostgreSQL and Redis: as root, or with passwordless sudo.
+	local sudo=()
+	((EUID == 0)) || sudo=(sudo -n)
+	if command -v apt-get >/dev/null 2>&1 && { ((EUID == 0)) || sudo -n true 2>/dev/null; }; then
 		log "installing shellcheck (apt-get)"
-		DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 </dev/null || return 1
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends shellcheck >&2 </dev/null || return 1
+		"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 </dev/null || return 1
+		"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends shellcheck >&2 </dev/null || return 1
 		return 0
 	fi
 	echo "shellcheck is missing: sudo apt-get install shellcheck (or your package manager's)" >&2

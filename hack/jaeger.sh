@@ -114,6 +114,17 @@ probe_host() {
   esac
 }
 
+# http_ok PORT PATH: a GET of PATH is answered 200. bash's /dev/tcp, as curl is not on minimal
+# Debian and Ubuntu images.
+http_ok() {
+  local line
+  exec 3<>"/dev/tcp/$(probe_host)/$1" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$2" "$(probe_host)" >&3
+  IFS= read -r -t 1 line <&3
+  exec 3<&- 3>&-
+  [[ $line == "HTTP/"*" 200"* ]]
+}
+
 port_in_use() {
   # bash's /dev/tcp connect: succeeds only if something is listening.
   (exec 3<>"/dev/tcp/$(probe_host)/$1") 2>/dev/null
@@ -135,7 +146,7 @@ read_pid() {
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   # Guard against pid reuse after a reboot or a crash: only act on a process
   # that is actually one of our Jaeger binaries.
-  [[ $(ps -o args= -p "$pid" 2>/dev/null) == *jaeger-*--config* ]] || return 1
+  [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *jaeger-*--config* ]] || return 1
   echo "$pid"
 }
 
@@ -173,8 +184,8 @@ cmd_start() {
   # answers. Poll against a deadline rather than sleeping a fixed time.
   host=$(probe_host)
   deadline=$((SECONDS + ${JAEGER_START_TIMEOUT:-60} + 1)) # +1: see cmd_stop
-  until curl -fsS -o /dev/null --max-time 1 "http://$host:$JAEGER_HEALTH_PORT/status" 2>/dev/null &&
-    curl -fsS -o /dev/null --max-time 1 "http://$host:$JAEGER_QUERY_PORT/api/v3/services" 2>/dev/null; do
+  until http_ok "$JAEGER_HEALTH_PORT" /status 2>/dev/null &&
+    http_ok "$JAEGER_QUERY_PORT" /api/v3/services 2>/dev/null; do
     if ! alive "$pid"; then
       rm -f "$dir/jaeger.pid"
       tail -n 20 "$dir/jaeger.log" >&2 || true
