@@ -604,6 +604,66 @@ func TestPostgresDownIsA503AndNotReadyUntilItReturns(t *testing.T) {
 	}
 }
 
+// TestWritesThatCannotReachPostgresKeepTheCachedViews: with Postgres down, a write fails before
+// its statement reaches the server, so it changed nothing and must retire nothing: the cached
+// views go on being served through the outage instead of turning into 503s. The writes come
+// right after the reads that filled the cache, on pooled connections Postgres has just closed.
+func TestWritesThatCannotReachPostgresKeepTheCachedViews(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	e := start(t, setup{databaseURL: testenv.CreateDatabase(t, pg.AdminURL())})
+	s := e.create(t, "before the outage")
+	item := fmt.Sprintf("/samples/%d", s.ID)
+	for _, path := range []string{"/cache", item, "/cache", item} { // fill, then hit
+		if r := e.get(t, path); r.status != 200 {
+			t.Fatalf("GET %s: %d %s", path, r.status, r.body)
+		}
+	}
+	pg.Stop()
+
+	for _, w := range []struct{ method, path, body string }{
+		{"POST", "/samples", `{"title":"during the outage"}`},
+		{"PUT", item, `{"title":"changed during the outage"}`},
+		{"DELETE", item, ""},
+	} {
+		if r := e.send(t, w.method, w.path, w.body); r.status != 503 {
+			t.Errorf("%s %s with Postgres down: %d %s, want 503", w.method, w.path, r.status, r.body)
+		}
+	}
+	for _, path := range []string{"/cache", item} {
+		r := e.get(t, path)
+		if r.status != 200 || r.header.Get("X-Cache") != "HIT" || !strings.Contains(string(r.body), "before the outage") {
+			t.Errorf("GET %s after writes that never reached Postgres: %d X-Cache=%q %s, want the cached view",
+				path, r.status, r.header.Get("X-Cache"), r.body)
+		}
+	}
+}
+
+// TestAWriteOnAConnectionPostgresClosedGoesThrough: Postgres closes connections on its own (a
+// restart, an administrator, an idle timeout), and the pool learns of it only when it uses one.
+// A write handed such a connection checks it first and moves on to a live one, rather than
+// failing after it was sent with an outcome nobody knows.
+func TestAWriteOnAConnectionPostgresClosedGoesThrough(t *testing.T) {
+	e := start(t, setup{})
+	s := e.create(t, "before")
+	admin, err := pgx.Connect(context.Background(), e.databaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	var n int
+	err = admin.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid()`).Scan(&n)
+	if err != nil || n == 0 {
+		t.Fatalf("terminating the service's connections: %d %v", n, err)
+	}
+	if r := e.send(t, "PUT", fmt.Sprintf("/samples/%d", s.ID), `{"title":"after"}`); r.status != 200 {
+		t.Errorf("PUT on a pool whose connections Postgres closed: %d %s, want 200", r.status, r.body)
+	}
+	if r := e.get(t, "/cache"); !strings.Contains(string(r.body), `"after"`) {
+		t.Errorf("GET /cache after the write: %s", r.body)
+	}
+}
+
 // raw sends a GET without Go's transparent gzip handling, with the given request headers.
 func (e *env) raw(t *testing.T, path string, header map[string]string) response {
 	t.Helper()

@@ -75,13 +75,15 @@ func (s *CachedStore) Delete(ctx context.Context, id int64) error {
 }
 
 // mayHaveWritten reports whether a write may have changed the database. Only a write that
-// certainly did not happen is exempt: no row matched, or the input was refused. A write that
-// failed with a timeout, a cancellation or a lost connection may have committed on the server
-// after all, and then every replica would serve the old views until the TTL; a needless
-// retirement costs one miss.
+// certainly did not happen is exempt: no row matched, the input was refused, or the statement
+// never reached the server (no connection could be had: Postgres is down). A write that failed
+// with a timeout, a cancellation or a lost connection after it was sent may have committed on
+// the server after all, and then every replica would serve the old views until the TTL; a
+// needless retirement costs one miss.
 func mayHaveWritten(err error) bool {
 	var invalid *ValidationError
-	return !errors.Is(err, ErrNotFound) && !errors.As(err, &invalid)
+	var notSent notSentError
+	return !errors.Is(err, ErrNotFound) && !errors.As(err, &invalid) && !errors.As(err, &notSent)
 }
 
 // InvalidateAll retires every cached view, for bulk changes made outside the API such as seeding.

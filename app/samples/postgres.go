@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cacheside/cacheside/app/platform/postgres"
@@ -64,7 +65,7 @@ func (s *PGStore) Create(ctx context.Context, title string) (Sample, error) {
 	defer cancel()
 	var id int64
 	if err := s.pool.QueryRow(ctx, "SELECT nextval(pg_get_serial_sequence('samples', 'id'))").Scan(&id); err != nil {
-		return Sample{}, classify(ctx, "reserving an id", err)
+		return Sample{}, notSentError{classify(ctx, "reserving an id", err)} // the insert was never tried
 	}
 	created, err := s.writeOne(ctx, "creating sample",
 		"INSERT INTO samples (id, title) OVERRIDING SYSTEM VALUE VALUES ($1, $2) RETURNING "+columns, id, title)
@@ -83,9 +84,14 @@ func (s *PGStore) Update(ctx context.Context, id int64, title string) (Sample, e
 func (s *PGStore) Delete(ctx context.Context, id int64) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, "DELETE FROM samples WHERE id = $1", id)
+	conn, err := s.acquire(ctx, "deleting sample")
 	if err != nil {
-		return classify(ctx, "deleting sample", err)
+		return err
+	}
+	defer conn.Release()
+	tag, err := conn.Exec(ctx, "DELETE FROM samples WHERE id = $1", id)
+	if err != nil {
+		return classifyWrite(ctx, "deleting sample", err)
 	}
 	if tag.RowsAffected() == 0 {
 		return ErrNotFound
@@ -132,12 +138,57 @@ func (s *PGStore) Count(ctx context.Context) (int64, error) {
 func (s *PGStore) writeOne(ctx context.Context, what, sql string, args ...any) (Sample, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	rows, _ := s.pool.Query(ctx, sql, args...)
+	conn, err := s.acquire(ctx, what)
+	if err != nil {
+		return Sample{}, err
+	}
+	defer conn.Release()
+	rows, _ := conn.Query(ctx, sql, args...)
 	one, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Sample])
 	if err != nil {
-		return Sample{}, classify(ctx, what, err)
+		return Sample{}, classifyWrite(ctx, what, err)
 	}
 	return one, nil
+}
+
+// notSentError marks a write that failed before its statement reached the server: it certainly
+// changed nothing, so it retires no cached view (during a Postgres outage, a write attempt must
+// not turn cached reads into errors). See CachedStore's mayHaveWritten.
+type notSentError struct{ error }
+
+func (e notSentError) Unwrap() error { return e.error }
+
+// acquire takes a connection for a write and checks it with a ping, one round trip. A pooled
+// connection that Postgres closed since it was last used (a restart, a terminated backend)
+// fails the ping and is dropped, and the next one is tried, so the write is not lost to it; and
+// when Postgres is down, acquiring fails before anything was sent. Without the ping, the write
+// would fail after sending, its outcome unknown, and retire views nothing changed.
+func (s *PGStore) acquire(ctx context.Context, what string) (*pgxpool.Conn, error) {
+	for {
+		conn, err := s.pool.Acquire(ctx)
+		if err != nil {
+			return nil, notSentError{classify(ctx, what, err)}
+		}
+		err = conn.Ping(ctx)
+		if err == nil {
+			return conn, nil
+		}
+		closed := conn.Conn().IsClosed()
+		conn.Release() // the pool drops a closed connection
+		if !closed || ctx.Err() != nil {
+			return nil, notSentError{classify(ctx, what, err)}
+		}
+	}
+}
+
+// classifyWrite is classify for a write's statement, which pgx may have failed to send at all
+// (a connection found broken when writing to it).
+func classifyWrite(ctx context.Context, what string, err error) error {
+	classified := classify(ctx, what, err)
+	if pgconn.SafeToRetry(err) {
+		return notSentError{classified}
+	}
+	return classified
 }
 
 // classify maps a Postgres error onto the domain's. A call whose own caller went away is
