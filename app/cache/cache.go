@@ -216,6 +216,12 @@ func poolSize(rdb redis.UniversalClient) int {
 // The Redis client is the caller's to close, after.
 func (c *Cache) Close(ctx context.Context) {
 	c.closeOnce.Do(func() {
+		defer func() { // on every path, the deadline's too
+			if c.stopNear != nil {
+				c.stopNear()
+				<-c.nearDone
+			}
+		}()
 		c.retireScheduled(ctx)
 		c.stopRedelivery()
 		<-c.redeliveryDone
@@ -231,10 +237,6 @@ func (c *Cache) Close(ctx context.Context) {
 				return
 			case <-time.After(50 * time.Millisecond):
 			}
-		}
-		if c.stopNear != nil {
-			c.stopNear()
-			<-c.nearDone
 		}
 	})
 }

@@ -851,6 +851,21 @@ func TestPendingInvalidationsAreDeliveredAtClose(t *testing.T) {
 			t.Errorf("no log line naming the undelivered keys:\n%s", logs)
 		}
 	})
+
+	t.Run("the near-cache stops even when the deadline cuts delivery short", func(t *testing.T) {
+		o := options("t")
+		o.NearCache, o.NearCacheTTL, o.NearCacheMaxBytes = true, time.Minute, 1<<20
+		writer := cache.New(productionClient(t, srv), o)
+		srv.Pause()
+		defer srv.Resume()
+		_ = writer.Invalidate(context.Background(), key)
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		writer.Close(ctx)
+		if !writer.NearCacheStopped() {
+			t.Error("Close returned at its deadline with the near-cache listener still running")
+		}
+	})
 }
 
 // TestTheInvalidationMessageNeverOvertakesTheGenerations: in a Cluster, the near-cache's

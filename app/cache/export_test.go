@@ -9,3 +9,16 @@ func (c *Cache) WaitingOnLookup(k Key) int { return c.lookups.members(c.valKey(k
 
 // WaitingOnBypass reports how many reads of k are in a round of loads that bypass Redis.
 func (c *Cache) WaitingOnBypass(k Key) int { return c.bypasses.members(c.valKey(k)) }
+
+// NearCacheStopped reports whether the near-cache's listener has returned (true when it is off).
+func (c *Cache) NearCacheStopped() bool {
+	if c.nearDone == nil {
+		return true
+	}
+	select {
+	case <-c.nearDone:
+		return true
+	default:
+		return false
+	}
+}
