@@ -87,11 +87,10 @@ func mayHaveWritten(err error) bool {
 }
 
 // InvalidateAll retires every cached view, for bulk changes made outside the API such as seeding.
+// Both retirements are tried whatever the first returned: one that fails is deferred and
+// redelivered by the cache, one never tried would be lost.
 func (s *CachedStore) InvalidateAll(ctx context.Context) error {
-	if err := s.cache.Invalidate(ctx, listKey); err != nil {
-		return err
-	}
-	return s.cache.InvalidateSpace(ctx, "item")
+	return errors.Join(s.cache.Invalidate(ctx, listKey), s.cache.InvalidateSpace(ctx, "item"))
 }
 
 // retireViews retires the cached views a write affected. It never fails the write: the cache
