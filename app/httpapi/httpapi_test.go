@@ -754,6 +754,14 @@ func TestRevalidatingClientsGet304WithoutABody(t *testing.T) {
 
 func TestTheNearCacheAnswersAndSaysSo(t *testing.T) {
 	e := start(t, setup{nearCache: true})
+	// The tier is used once its invalidation channel is subscribed, which a busy machine may
+	// take a moment to do after the start.
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if r := e.get(t, "/readyz"); !strings.Contains(string(r.body), `"near_cache":"live"`) {
+			return fmt.Errorf("near-cache not live yet: %s", r.body)
+		}
+		return nil
+	})
 	e.create(t, "near")
 	tiers := []string{}
 	for range 3 {
