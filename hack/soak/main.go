@@ -31,18 +31,19 @@ import (
 )
 
 type options struct {
-	duration  time.Duration
-	clients   int
-	seed      uint64
-	out       string
-	bin       string
-	race      bool
-	tags      string
-	nearCache bool
-	items     int
-	stormN    int
-	grace     time.Duration
-	verbose   bool
+	duration    time.Duration
+	clients     int
+	seed        uint64
+	out         string
+	bin         string
+	race        bool
+	tags        string
+	nearCache   bool
+	items       int
+	stormN      int
+	grace       time.Duration
+	verbose     bool
+	checkBudget time.Duration
 }
 
 func main() {
@@ -59,6 +60,7 @@ func main() {
 	flag.IntVar(&o.stormN, "storm", 100, "concurrent reads of each miss storm")
 	flag.DurationVar(&o.grace, "grace", 3*time.Second, "how long after a fault a 5xx still counts as caused by it")
 	flag.BoolVar(&o.verbose, "v", false, "say how long each sample's check takes")
+	flag.DurationVar(&o.checkBudget, "check-budget", time.Minute, "how long the checker may take over one sample before calling it undecided")
 	recorded := flag.String("check", "", "check a saved recording.json again instead of running")
 	flag.Parse()
 

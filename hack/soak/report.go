@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -123,7 +124,10 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "  sample %d: a read saw data older than a write that had returned\n", key)
 	}
 	for _, key := range r.unknown {
-		fmt.Fprintf(w, "  sample %d: not decided within %s\n", key, sampleBudget)
+		fmt.Fprintf(w, "  sample %d: not decided within %s\n", key, r.opts.checkBudget)
+	}
+	if len(r.unknown) > 0 {
+		fmt.Fprintf(w, "  (check again with more time: go run ./hack/soak -check %s -check-budget 10m)\n", filepath.Join(r.opts.out, "recording.json"))
 	}
 	if r.unchecked > 0 {
 		fmt.Fprintf(w, "  %d more samples not checked after %d broken ones\n", r.unchecked, maxViolations)
