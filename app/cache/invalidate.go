@@ -33,9 +33,10 @@ func (c *Cache) Invalidate(ctx context.Context, keys ...Key) error {
 	c.pending.begin(keys, "")
 	// Invalidations run even if the breaker is open: skipping one is what would serve stale data.
 	err := c.retry(ctx, func(ctx context.Context) error { return c.retire(ctx, keys) })
-	// Only now, after Redis holds the new generations, does this process drop its own entries: a
-	// round that looked in Redis before that has its local store refused (the version moves) or
-	// its entry dropped here.
+	// Only now, after Redis took the new generations (or gave up; then the keys stay pending and
+	// bypass the cache here until redelivered), does this process drop its own entries: a round
+	// that looked in Redis before that has its local store refused (the version moves) or its
+	// entry dropped here.
 	c.dropNear(keys)
 	c.pending.end(keys, "", err == nil)
 	if err != nil {

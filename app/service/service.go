@@ -40,8 +40,9 @@ type Service struct {
 	Cached *samples.CachedStore
 }
 
-// Open connects nothing yet (pools dial lazily, so the service can start and report itself
-// unready while a dependency is still coming up) and returns the assembled service.
+// Open returns the assembled service without waiting for its dependencies: the pools dial in
+// the background (the Redis pool is kept full, the near-cache subscribes), so the service can
+// start and report itself unready while a dependency is still coming up.
 func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, error) {
 	pool, err := postgres.Open(ctx, postgres.Options{
 		URL: cfg.DatabaseURL, MaxConns: cfg.DatabaseMaxConns, ConnectTimeout: cfg.DatabaseConnectTimeout,
