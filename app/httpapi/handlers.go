@@ -137,7 +137,7 @@ func (h handlers) decodeTitle(c *gin.Context) (string, error) {
 	body := http.MaxBytesReader(c.Writer, c.Request.Body, h.MaxBodyBytes)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
-	var in struct {
+	var in *struct { // a pointer, so that a JSON null leaves it nil instead of an empty object
 		Title *string `json:"title"`
 	}
 	if err := dec.Decode(&in); err != nil {
@@ -148,6 +148,9 @@ func (h handlers) decodeTitle(c *gin.Context) (string, error) {
 			return "", decodeError(err, h.MaxBodyBytes)
 		}
 		return "", clientError(http.StatusBadRequest, "invalid_json", "the body must hold exactly one JSON object")
+	}
+	if in == nil {
+		return "", clientError(http.StatusBadRequest, "invalid_json", "the body must hold exactly one JSON object, not null")
 	}
 	if in.Title == nil {
 		return "", &samples.ValidationError{Field: "title", Message: "is required"}

@@ -265,6 +265,7 @@ func TestBadInputGetsAClearJSONError(t *testing.T) {
 		{"invalid JSON is a bad request", "POST", "/samples", "application/json", `{"title":`, 400, "invalid_json"},
 		{"an empty body is a bad request", "POST", "/samples", "application/json", ``, 400, "invalid_json"},
 		{"a JSON array is a bad request", "POST", "/samples", "application/json", `["x"]`, 400, "invalid_json"},
+		{"a JSON null is a bad request", "POST", "/samples", "application/json", `null`, 400, "invalid_json"},
 		{"trailing data is a bad request", "POST", "/samples", "application/json", `{"title":"a"}{"title":"b"}`, 400, "invalid_json"},
 		{"an unknown field is a bad request", "POST", "/samples", "application/json", `{"title":"a","color":"red"}`, 400, "unknown_field"},
 		{"a missing title is unprocessable", "POST", "/samples", "application/json", `{}`, 422, "validation_failed"},
