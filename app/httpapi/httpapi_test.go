@@ -665,6 +665,19 @@ func TestAWriteOnAConnectionPostgresClosedGoesThrough(t *testing.T) {
 	}
 }
 
+// TestAHungPostgresDoesNotMakeRedisLookDown: /readyz checks both within one budget; Postgres
+// frozen uses all of it, and Redis must still be reported as it is (up), not as down.
+func TestAHungPostgresDoesNotMakeRedisLookDown(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	e := start(t, setup{databaseURL: testenv.CreateDatabase(t, pg.AdminURL())})
+	pg.Pause()
+	defer pg.Resume()
+	r := e.get(t, "/readyz")
+	if r.status != 503 || !strings.Contains(string(r.body), `"redis":{"status":"up"`) {
+		t.Errorf("/readyz with Postgres frozen: %d %s, want 503 with Redis up", r.status, r.body)
+	}
+}
+
 // raw sends a GET without Go's transparent gzip handling, with the given request headers.
 func (e *env) raw(t *testing.T, path string, header map[string]string) response {
 	t.Helper()
