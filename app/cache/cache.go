@@ -150,7 +150,7 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 		MaxRequests: 1, // half-open: one probe decides
 		Timeout:     o.BreakerCooldown,
 		ReadyToTrip: func(n gobreaker.Counts) bool { return n.ConsecutiveFailures >= o.BreakerFailures },
-		IsExcluded:  func(err error) bool { return errors.Is(err, errSameFault) },
+		IsExcluded:  func(err error) bool { return errors.Is(err, errSameFault) || errors.Is(err, errSaturated) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			o.Logger.Warn("redis circuit breaker", "from", from.String(), "to", to.String())
 		},
@@ -497,7 +497,9 @@ func (c *Cache) compress(v view.View) view.View {
 // saturation and never reaches the breaker (the read bypasses instead). The one exception follows
 // a failure: go-redis drops a connection whose operation failed and re-dials it in the background
 // (the pool is kept full, see redisclient), holding a pool turn for the dial, so for that long
-// the pool has fewer connections than the slots promise and an operation may wait a dial's time.
+// the pool has fewer connections than the slots promise and an operation may wait a dial's time
+// (on a starved machine, past the pool's timeout: that too is this process's state, not Redis's,
+// and is not counted by the breaker).
 func (c *Cache) call(ctx context.Context, op func(context.Context) error) error {
 	if !c.slots.TryAcquire(1) { // a slot is free almost always: no timer then
 		wctx, cancel := context.WithTimeout(ctx, c.opts.OpTimeout)
@@ -516,6 +518,10 @@ func (c *Cache) call(ctx context.Context, op func(context.Context) error) error 
 	defer cancel()
 	began := time.Now().UnixNano()
 	err = op(octx)
+	if errors.Is(err, redis.ErrPoolTimeout) { // see above: the pool re-dialling what it dropped
+		done(errSaturated)
+		return errSaturated
+	}
 	if err != nil && !c.newFault(began) {
 		done(fmt.Errorf("%w: %w", errSameFault, err))
 		return err

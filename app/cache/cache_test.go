@@ -481,11 +481,11 @@ func TestAStormWhileRedisIsDownSharesItsLoads(t *testing.T) {
 // wait would have eaten each operation's REDIS_TIMEOUT and the timeouts, this process's own
 // saturation, would have opened the circuit breaker. They queue for a slot instead, outside the
 // budget (a read that gets none in time bypasses; on a loaded machine many do), so no operation
-// waits for a connection while the pool is whole, and none ever times out waiting for one. (On a
-// starved machine an operation can still miss its REDIS_TIMEOUT; go-redis then drops that
-// connection and re-dials it in the background, holding a pool turn for the dial, and an
-// operation may wait that long: the pool is not whole then, and the test says so.) Each key is
-// loaded exactly once, whatever each read's outcome.
+// waits for a connection while the pool is whole. (On a starved machine an operation can still
+// miss its REDIS_TIMEOUT; go-redis then drops that connection and re-dials it in the background,
+// holding a pool turn for the dial, and an operation may wait that long, even past the pool's
+// timeout: the pool is not whole then, and the test says so.) Either way the breaker stays
+// closed, and each key is loaded exactly once, whatever each read's outcome.
 func TestAStormAcrossKeysNeverWaitsForAConnection(t *testing.T) {
 	const keys = 1000
 	c, rdb, _ := productionCache(t)
@@ -505,12 +505,15 @@ func TestAStormAcrossKeysNeverWaitsForAConnection(t *testing.T) {
 	}
 	wg.Wait()
 	switch st := rdb.PoolStats(); {
-	case st.Timeouts != 0:
-		t.Errorf("operations timed out waiting for a pooled connection %d times, want never", st.Timeouts)
-	case st.WaitCount != 0 && st.StaleConns == 0:
-		t.Errorf("operations waited for a pooled connection %d times while the pool was whole, want never", st.WaitCount)
+	case st.StaleConns == 0 && (st.WaitCount != 0 || st.Timeouts != 0):
+		t.Errorf("operations waited for a pooled connection %d times (%d timed out) while the pool was whole, want never",
+			st.WaitCount, st.Timeouts)
 	case st.WaitCount != 0:
-		t.Logf("%d connections dropped after failed operations and re-dialled; %d waits for those dials", st.StaleConns, st.WaitCount)
+		t.Logf("%d connections dropped after failed operations and re-dialled; %d waits for those dials (%d timed out)",
+			st.StaleConns, st.WaitCount, st.Timeouts)
+	}
+	if h := c.Health(context.Background()); h.Breaker != "closed" {
+		t.Errorf("after the storm the breaker is %s: this process's own load opened it", h.Breaker)
 	}
 	if n := loads.Load(); n != keys {
 		t.Errorf("%d loads for %d keys, want one each", n, keys)
