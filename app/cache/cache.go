@@ -108,6 +108,8 @@ type Cache struct {
 	breaker  *gobreaker.TwoStepCircuitBreaker[struct{}]
 	failed   atomic.Int64        // when the last failure the breaker counted was seen (UnixNano)
 	slots    *semaphore.Weighted // Redis operations in flight, at most the pool's size
+	inFlight atomic.Int64        // Redis operations holding a slot now
+	maxIn    atomic.Int64        // the most there ever were at once (the storm tests check the bound)
 	lookups  rounds[looked]      // shared lookups
 	loads    flights             // shared loads of a generation
 	bypasses rounds[loaded]      // shared loads that bypass Redis
@@ -510,6 +512,8 @@ func (c *Cache) call(ctx context.Context, op func(context.Context) error) error 
 		}
 	}
 	defer c.slots.Release(1)
+	c.noteInFlight()
+	defer c.inFlight.Add(-1)
 	done, err := c.breaker.Allow()
 	if err != nil {
 		return errBreakerOpen
@@ -528,6 +532,17 @@ func (c *Cache) call(ctx context.Context, op func(context.Context) error) error 
 	}
 	done(err)
 	return err
+}
+
+// noteInFlight counts an operation that holds a slot, and the most there ever were at once.
+func (c *Cache) noteInFlight() {
+	n := c.inFlight.Add(1)
+	for {
+		m := c.maxIn.Load()
+		if n <= m || c.maxIn.CompareAndSwap(m, n) {
+			return
+		}
+	}
 }
 
 // errSameFault marks a failure the breaker does not count again: see newFault.

@@ -504,6 +504,9 @@ func TestAStormAcrossKeysNeverWaitsForAConnection(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	if most, bound := c.MostRedisOperationsInFlight(); most > bound {
+		t.Errorf("%d Redis operations were in flight at once, want at most %d (the pool's size less two)", most, bound)
+	}
 	switch st := rdb.PoolStats(); {
 	case st.StaleConns == 0 && (st.WaitCount != 0 || st.Timeouts != 0):
 		t.Errorf("operations waited for a pooled connection %d times (%d timed out) while the pool was whole, want never",

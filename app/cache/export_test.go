@@ -22,3 +22,9 @@ func (c *Cache) NearCacheStopped() bool {
 		return false
 	}
 }
+
+// MostRedisOperationsInFlight is the most Redis operations this cache ever had in flight at once,
+// and the bound its slots put on them.
+func (c *Cache) MostRedisOperationsInFlight() (most, bound int64) {
+	return c.maxIn.Load(), int64(max(1, poolSize(c.rdb)-2))
+}
