@@ -126,7 +126,7 @@ func drive(ctx context.Context, o options, env *environment, log io.Writer) (*re
 			}
 		case "redis-freeze": // past REDIS_TIMEOUT, and sometimes past CACHE_INVALIDATION_TIMEOUT
 			env.redis.Pause()
-			time.Sleep(400*time.Millisecond + time.Duration(chaos.IntN(1100))*time.Millisecond)
+			sleep(ctx, 400*time.Millisecond+time.Duration(chaos.IntN(1100))*time.Millisecond) // the fault's length
 			env.redis.Resume()
 		case "postgres-restart":
 			if err = env.pg.Stop(); err == nil {
@@ -156,9 +156,14 @@ func drive(ctx context.Context, o options, env *environment, log io.Writer) (*re
 	// read everything once more, through both: the final state must hold every acknowledged
 	// write.
 	deadline := time.Now().Add(30 * time.Second)
-	for _, s := range env.services {
+	for i, s := range env.services {
 		for s.pending() != 0 && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond)
+			if !sleep(ctx, 100*time.Millisecond) {
+				break
+			}
+		}
+		if n := s.pending(); n != 0 {
+			fmt.Fprintf(log, "process %d still has %d invalidations to deliver after 30 s; reading the final state anyway\n", i, n)
 		}
 	}
 	rec.Ended = h.now()
