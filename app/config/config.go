@@ -54,6 +54,11 @@ type Config struct {
 	CacheLocalTTL      time.Duration `envconfig:"CACHE_LOCAL_TTL" default:"2s" desc:"life of a near-cache entry: the longest another replica can serve a value after a write if an invalidation message is lost"`
 	CacheLocalMaxBytes int64         `envconfig:"CACHE_LOCAL_MAX_BYTES" default:"67108864" desc:"memory bound of the near-cache (least recently used entries go first); above 0 when it is on"`
 
+	ReplicationEnabled        bool          `envconfig:"REPLICATION_ENABLED" default:"true" desc:"follow Postgres's logical replication stream and retire the cached views that any writer changed (psql, other services, migrations); needs wal_level=logical and a role with REPLICATION, and without them the service says so and retires only its own writes"`
+	ReplicationSlot           string        `envconfig:"REPLICATION_SLOT" default:"" desc:"logical replication slot the cache follows (one per deployment; empty: cacheside_<database>)"`
+	ReplicationPublication    string        `envconfig:"REPLICATION_PUBLICATION" default:"cacheside" desc:"publication of the cached tables (the migrations create cacheside)"`
+	ReplicationStatusInterval time.Duration `envconfig:"REPLICATION_STATUS_INTERVAL" default:"10s" desc:"how often the replication follower reports its position to Postgres (which then frees WAL) and, when not the leader, tries to become it"`
+
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s" desc:"time from SIGTERM for in-flight requests to finish and deferred invalidations to be delivered"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	LogFormat       string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or text"`
@@ -178,6 +183,7 @@ func (c Config) validate() []string {
 	positive("CACHE_BREAKER_COOLDOWN", c.CacheBreakerCooldown)
 	positive("CACHE_LOCAL_TTL", c.CacheLocalTTL)
 	positive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout)
+	positive("REPLICATION_STATUS_INTERVAL", c.ReplicationStatusInterval)
 
 	if c.HTTPAddr == "" {
 		p = append(p, "HTTP_ADDR: must be host:port or :port")
@@ -233,6 +239,12 @@ func (c Config) validate() []string {
 	if c.CacheInvalidationReplicas < 0 {
 		p = append(p, "CACHE_INVALIDATION_REPLICAS: must be 0 or more")
 	}
+	if c.ReplicationSlot != "" && !validIdentifier(c.ReplicationSlot) {
+		p = append(p, "REPLICATION_SLOT: must be 1 to 63 lower-case letters, digits or underscores")
+	}
+	if c.ReplicationPublication == "" || len(c.ReplicationPublication) > 63 || strings.ContainsAny(c.ReplicationPublication, "'\"\\ \t\r\n") {
+		p = append(p, "REPLICATION_PUBLICATION: must be a publication name of 1 to 63 characters, without quotes or spaces")
+	}
 	if c.CacheBreakerFailures < 1 {
 		p = append(p, "CACHE_BREAKER_FAILURES: must be at least 1")
 	}
@@ -247,6 +259,20 @@ func (c Config) validate() []string {
 		p = append(p, "LOG_FORMAT: must be json or text")
 	}
 	return p
+}
+
+// validIdentifier reports whether s is a valid replication slot name: Postgres allows lower-case
+// letters, digits and underscores, at most 63 bytes.
+func validIdentifier(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, r := range s {
+		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '_' {
+			return false
+		}
+	}
+	return true
 }
 
 // Error lists every configuration problem found by Load.
