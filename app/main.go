@@ -150,6 +150,7 @@ func serve(ctx context.Context, svc *service.Service, tel *telemetry.Telemetry) 
 		}
 		svc.Log.Info("migrations applied")
 	}
+	svc.Follow()
 	return httpapi.Serve(ctx, svc.Log, svc.ServerOptions(), svc.Handler(tel.Metrics))
 }
 

@@ -219,7 +219,8 @@ func (h handlers) readyz(c *gin.Context) {
 		h.Log.WarnContext(ctx, "readiness: postgres down", "err", err)
 	}
 	c.JSON(code, readiness{Status: status, Checks: map[string]any{
-		"postgres": pg,
-		"redis":    <-redis,
+		"postgres":    pg,
+		"redis":       <-redis,
+		"replication": h.Health.Replication(),
 	}})
 }

@@ -422,6 +422,7 @@ type readyHealth struct{}
 
 func (readyHealth) Postgres(context.Context) error { return nil }
 func (readyHealth) Redis(context.Context) any      { return map[string]string{"status": "up"} }
+func (readyHealth) Replication() any               { return map[string]string{"role": "off"} }
 
 // stallUntilGone is a pgx tracer that holds a query, before it is sent, until the request that
 // issued it has gone away.

@@ -36,6 +36,8 @@ type Health interface {
 	// Redis describes Redis's state as JSON; it never makes the service unready: the service
 	// still answers (from Postgres) without it.
 	Redis(ctx context.Context) any
+	// Replication describes the follower of Postgres's replication stream; never unready.
+	Replication() any
 }
 
 // Deps is what the router serves.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cacheside/cacheside/app/cache"
+	"github.com/cacheside/cacheside/app/replication"
 	"github.com/cacheside/cacheside/app/view"
 )
 
@@ -104,3 +105,35 @@ func (s *CachedStore) retireViews(ctx context.Context, writeErr error, keys ...c
 		s.cache.InvalidateLater(s.late, keys...)
 	}
 }
+
+// Views tells the replication follower which cached views a change to the samples table made
+// by any writer (psql, another service, a migration) affects: a row's item and the list; a
+// TRUNCATE, the list and every item. It is the same mapping the writes above use.
+type Views struct{}
+
+// Table is the table Views maps.
+const Table = "samples"
+
+// RowChanged returns the views of one changed row. A change that does not name its row (the
+// table's REPLICA IDENTITY was set to NOTHING) retires every item.
+func (v Views) RowChanged(t replication.Table, row map[string]string) ([]cache.Key, []string) {
+	if t.Name != Table {
+		return nil, nil
+	}
+	id, err := strconv.ParseInt(row["id"], 10, 64)
+	if err != nil {
+		return v.Truncated(t)
+	}
+	return []cache.Key{listKey, itemKey(id)}, nil
+}
+
+// Truncated returns what a TRUNCATE retires.
+func (Views) Truncated(t replication.Table) ([]cache.Key, []string) {
+	if t.Name != Table {
+		return nil, nil
+	}
+	return []cache.Key{listKey}, []string{"item"}
+}
+
+// All returns every cached view.
+func (Views) All() ([]cache.Key, []string) { return []cache.Key{listKey}, []string{"item"} }

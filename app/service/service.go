@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/extra/redisotel/v9"
 	goredis "github.com/redis/go-redis/v9"
@@ -24,6 +26,7 @@ import (
 	"github.com/cacheside/cacheside/app/platform/postgres"
 	"github.com/cacheside/cacheside/app/platform/redisclient"
 	"github.com/cacheside/cacheside/app/platform/telemetry"
+	"github.com/cacheside/cacheside/app/replication"
 	"github.com/cacheside/cacheside/app/samples"
 )
 
@@ -38,6 +41,12 @@ type Service struct {
 	Samples *samples.PGStore
 	// Cached serves GET /cache and the /samples resource through the cache.
 	Cached *samples.CachedStore
+	// Follower retires the views that writers other than this API changed, from Postgres's
+	// logical replication stream; nil when REPLICATION_ENABLED is false. Follow starts it.
+	Follower *replication.Follower
+
+	stopFollowing context.CancelFunc
+	followerDone  chan struct{}
 }
 
 // Open returns the assembled service without waiting for its dependencies: the pools dial in
@@ -78,10 +87,55 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, e
 
 	c := cache.New(rdb, CacheOptions(cfg, log))
 	db := samples.NewPGStore(pool, cfg.DatabaseTimeout)
-	return &Service{
+	s := &Service{
 		Config: cfg, Log: log, Pool: pool, Redis: rdb, Cache: c,
 		Samples: db, Cached: samples.NewCachedStore(db, c, LateWriteBound(cfg)),
-	}, nil
+	}
+	if cfg.ReplicationEnabled {
+		s.Follower = replication.New(replication.Options{
+			URL:            cfg.DatabaseURL,
+			Slot:           ReplicationSlot(cfg),
+			Publication:    cfg.ReplicationPublication,
+			StatusInterval: cfg.ReplicationStatusInterval,
+			Views:          samples.Views{},
+			Retirer:        c,
+			Logger:         log,
+		})
+	}
+	return s, nil
+}
+
+// ReplicationSlot is REPLICATION_SLOT, or cacheside_<database> when it is empty: slot names are
+// unique across a Postgres cluster, and a deployment per database is the common case.
+func ReplicationSlot(cfg config.Config) string {
+	if cfg.ReplicationSlot != "" {
+		return cfg.ReplicationSlot
+	}
+	db := ""
+	if pc, err := pgconn.ParseConfig(cfg.DatabaseURL); err == nil {
+		db = pc.Database
+	}
+	name := []byte("cacheside_" + strings.ToLower(db))
+	for i, b := range name {
+		if (b < 'a' || b > 'z') && (b < '0' || b > '9') {
+			name[i] = '_'
+		}
+	}
+	return string(name[:min(len(name), 63)])
+}
+
+// Follow starts the replication follower, if it is enabled, until Close. Only the serving
+// process follows: one-off commands (seed, migrate) do not.
+func (s *Service) Follow() {
+	if s.Follower == nil || s.stopFollowing != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopFollowing, s.followerDone = cancel, make(chan struct{})
+	go func() {
+		defer close(s.followerDone)
+		s.Follower.Run(ctx)
+	}()
 }
 
 // LateWriteBound is how long after it returned a write whose outcome is unknown can still land:
@@ -142,9 +196,24 @@ type health struct{ s *Service }
 func (h health) Postgres(ctx context.Context) error { return h.s.Pool.Ping(ctx) }
 func (h health) Redis(ctx context.Context) any      { return h.s.Cache.Health(ctx) }
 
+// Replication describes the replication follower.
+func (h health) Replication() any {
+	if h.s.Follower == nil {
+		return replication.State{Role: "off"}
+	}
+	return h.s.Follower.State()
+}
+
 // Close stops the cache, delivering what invalidations are pending until ctx ends, then closes
 // the Redis client and the Postgres pool.
 func (s *Service) Close(ctx context.Context) {
+	if s.stopFollowing != nil { // it retires through the cache: stopped first
+		s.stopFollowing()
+		select {
+		case <-s.followerDone:
+		case <-ctx.Done():
+		}
+	}
 	s.Cache.Close(ctx)
 	_ = s.Redis.Close()
 	s.Pool.Close()
