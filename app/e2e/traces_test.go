@@ -12,6 +12,7 @@
 package e2e_test
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -26,6 +27,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/cacheside/cacheside/app/internal/testenv"
 )
 
@@ -33,6 +36,7 @@ import (
 type target struct {
 	base, service string
 	jaeger        jaeger
+	databaseURL   string // to change rows behind the API's back (local mode, or E2E_DATABASE_URL)
 	stopRedis     func(t *testing.T)
 	startRedis    func(t *testing.T)
 	grpcService   *target // a second instance exporting over OTLP/gRPC (local mode only)
@@ -142,7 +146,9 @@ func TestTracesShowHowEachRequestWasServed(t *testing.T) {
 					t.Fatalf("a probe was traced:\n%s", tr)
 				}
 				for _, root := range tr.find(func(s span) bool { return s.ParentSpanID == "" }) {
-					if root.Kind != kindServer {
+					// The replication follower's batches are the one background work traced: each
+					// is a unit of work of its own, with no request to belong to.
+					if root.Kind != kindServer && !strings.HasPrefix(root.Name, "replication.") {
 						t.Fatalf("orphan root span %q (background work must not start traces):\n%s", root.Name, tr)
 					}
 				}
@@ -194,6 +200,49 @@ func TestTracesShowHowEachRequestWasServed(t *testing.T) {
 				p = append(p, "no Postgres query under cache.load")
 			}
 			return p
+		})
+	})
+
+	t.Run("a change made with plain SQL shows as a replication.apply trace with its Redis round trip", func(t *testing.T) {
+		if tg.databaseURL == "" {
+			t.Skip("remote target without E2E_DATABASE_URL: the check changes a row behind the API's back")
+		}
+		ctx := context.Background()
+		conn, err := pgx.Connect(ctx, tg.databaseURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		changed := time.Now()
+		if _, err := conn.Exec(ctx, "UPDATE samples SET title = 'changed behind the API' WHERE id = $1", sample.ID); err != nil {
+			t.Fatal(err)
+		}
+		services := []string{tg.service}
+		if tg.grpcService != nil { // both instances follow; either may be the leader
+			services = append(services, tg.grpcService.service)
+		}
+		testenv.Eventually(t, 30*time.Second, func() error {
+			for _, svc := range services {
+				traces, err := tg.jaeger.search(svc, changed.Add(-time.Second), time.Now().Add(time.Second))
+				if err != nil {
+					return err
+				}
+				for _, tr := range traces {
+					for _, apply := range tr.named("replication.apply") {
+						tables, _ := apply.attr("replication.tables")
+						keys, _ := apply.attr("cache.keys")
+						if !strings.Contains(tables, "public.samples") || keys != "2" {
+							continue
+						}
+						if len(tr.find(func(s span) bool { return isRedis(s) && tr.descendsFrom(s, apply) })) == 0 {
+							return fmt.Errorf("replication.apply without a Redis span under it:\n%s", tr)
+						}
+						noPayloadInAttributes(t, tr)
+						return nil
+					}
+				}
+			}
+			return fmt.Errorf("no replication.apply trace for public.samples retiring 2 keys in %v yet", services)
 		})
 	})
 
@@ -340,7 +389,8 @@ func setUp(t *testing.T) *target {
 		if jurl == "" {
 			t.Fatal("E2E_BASE_URL is set but E2E_JAEGER_URL is not")
 		}
-		tg := &target{base: strings.TrimRight(base, "/"), service: envOr("E2E_SERVICE_NAME", "cacheside"), jaeger: jaeger{base: strings.TrimRight(jurl, "/")}}
+		tg := &target{base: strings.TrimRight(base, "/"), service: envOr("E2E_SERVICE_NAME", "cacheside"), jaeger: jaeger{base: strings.TrimRight(jurl, "/")},
+			databaseURL: os.Getenv("E2E_DATABASE_URL")}
 		if stop, start := os.Getenv("E2E_REDIS_STOP_CMD"), os.Getenv("E2E_REDIS_START_CMD"); stop != "" && start != "" {
 			tg.stopRedis = func(t *testing.T) { shell(t, stop) }
 			tg.startRedis = func(t *testing.T) { shell(t, start) }
@@ -361,8 +411,9 @@ func setUp(t *testing.T) *target {
 	}
 	service := testenv.Name("cacheside-e2e-")
 	tg := &target{
-		service: service,
-		jaeger:  jaeger{base: j.query},
+		service:     service,
+		databaseURL: dbURL,
+		jaeger:      jaeger{base: j.query},
 		base: runService(t, bin, append(common,
 			"OTEL_SERVICE_NAME="+service,
 			"OTEL_EXPORTER_OTLP_ENDPOINT=http://"+j.otlpHTTP,

@@ -634,7 +634,7 @@ func (s *stream) flush(ctx context.Context, lsn pglogrepl.LSN) error {
 		tables = append(tables, t)
 	}
 	ctx, span := s.f.tracer.Start(ctx, "replication.apply", trace.WithNewRoot(), trace.WithAttributes(
-		attrTables.StringSlice(tables), attrRows.Int(s.rows), attrKeys.Int(len(keys)),
+		attrTables.String(strings.Join(tables, ",")), attrRows.Int(s.rows), attrKeys.Int(len(keys)),
 		attrLSN.String(lsn.String()), attrCommitTime.String(s.commitTime.UTC().Format(time.RFC3339Nano))))
 	defer span.End()
 	if err := s.f.opts.Retirer.Invalidate(ctx, keys...); err != nil {
