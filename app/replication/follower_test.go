@@ -583,3 +583,61 @@ func pgxExec(url, sql string) (string, error) {
 	tag, err := conn.Exec(ctx, sql)
 	return tag.String(), err
 }
+
+// TestASlotPostgresInvalidatedIsMadeAnew: a slot that nobody read while more WAL than
+// max_slot_wal_keep_size was written is invalidated by Postgres (wal_status "lost"): the changes
+// it held are gone. The follower must notice, make the slot anew and retire everything, so a
+// change made meanwhile is not served stale.
+func TestASlotPostgresInvalidatedIsMadeAnew(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	if _, err := pgxExec(pg.AdminURL(), "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pgxExec(pg.AdminURL(), "SELECT pg_reload_conf()"); err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, "DATABASE_URL="+testenv.CreateDatabase(t, pg.AdminURL()))
+	ctx := context.Background()
+	f1, stop1 := follow(t, w.options(w.cache))
+	streaming(t, f1)
+	id, lsn := insert(t, w.pool, "before")
+	retired(t, f1, lsn)
+	stop1()
+
+	get(t, w.store, id)
+	if _, out := get(t, w.store, id); out != view.Hit {
+		t.Fatalf("not cached: %s", out)
+	}
+	commit(t, w.pool, "UPDATE samples SET title = 'while the slot was lost' WHERE id = $1", id)
+	slot := service.ReplicationSlot(w.cfg)
+	testenv.Eventually(t, 60*time.Second, func() error { // WAL past the bound, then a checkpoint
+		for range 3 {
+			if _, err := w.pool.Exec(ctx, "SELECT pg_switch_wal(), txid_current()"); err != nil {
+				return err
+			}
+		}
+		if _, err := w.pool.Exec(ctx, "CHECKPOINT"); err != nil {
+			return err
+		}
+		var status string
+		if err := w.pool.QueryRow(ctx, "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&status); err != nil {
+			return err
+		}
+		if status != "lost" {
+			return fmt.Errorf("slot wal_status %q", status)
+		}
+		return nil
+	})
+
+	f2, _ := follow(t, w.options(w.cache))
+	streaming(t, f2)
+	if n := f2.FullRetirements(); n != 1 {
+		t.Errorf("after the slot was lost the follower retired everything %d times, want 1", n)
+	}
+	if got, out := get(t, w.store, id); !strings.Contains(got, "while the slot was lost") {
+		t.Errorf("the item reads %s (%s), want the change made while the slot was lost", got, out)
+	}
+	if !strings.Contains(w.logs.String(), "invalidated by Postgres") {
+		t.Error("no log line says the slot was invalidated")
+	}
+}
