@@ -167,12 +167,37 @@ func (e errUnavailable) Error() string { return e.reason }
 
 // Run follows until ctx ends. It never returns early: every failure is logged and retried.
 func (f *Follower) Run(ctx context.Context) {
+	var lock *pgx.Conn // kept open while standing by, so trying for the lock costs one query
+	closeLock := func() {
+		if lock != nil {
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = lock.Close(cctx) // ends the session: the advisory lock, if held, is released
+			cancel()
+			lock = nil
+		}
+	}
+	defer closeLock()
 	backoff := time.Second
 	for ctx.Err() == nil {
-		err := f.campaign(ctx)
-		f.isLeader.Store(false)
+		if lock == nil {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			var err error
+			lock, err = pgx.Connect(cctx, f.opts.URL)
+			cancel()
+			if err != nil {
+				lock = nil
+			}
+		}
+		err := errors.New("no connection to Postgres")
+		if lock != nil {
+			err = f.campaign(ctx, lock)
+		}
+		led := f.isLeader.Swap(false)
 		if ctx.Err() != nil {
 			return
+		}
+		if err != nil || led {
+			closeLock() // a leader's session is ended, whatever ended its leading
 		}
 		wait := backoff
 		var unavailable errUnavailable
@@ -186,8 +211,7 @@ func (f *Follower) Run(ctx context.Context) {
 			}
 			f.opts.Logger.Warn("replication follower failed; retrying", "err", err, "in", wait.String())
 			backoff = min(2*backoff, 10*time.Second)
-		}
-		if err == nil {
+		default:
 			backoff = time.Second
 			wait = f.opts.StatusInterval
 		}
@@ -199,21 +223,9 @@ func (f *Follower) Run(ctx context.Context) {
 	}
 }
 
-// campaign tries to become the leader; as the leader it streams until an error or ctx ends. It
-// returns nil when another replica leads.
-func (f *Follower) campaign(ctx context.Context) error {
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	lock, err := pgx.Connect(cctx, f.opts.URL)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("connecting: %w", err)
-	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = lock.Close(cctx) // ends the session: the advisory lock is released
-	}()
-
+// campaign tries to become the leader on lock's session; as the leader it streams until an
+// error or ctx ends. It returns nil when another replica leads.
+func (f *Follower) campaign(ctx context.Context, lock *pgx.Conn) error {
 	var walLevel string
 	if err := lock.QueryRow(ctx, "SHOW wal_level").Scan(&walLevel); err != nil {
 		return fmt.Errorf("reading wal_level: %w", err)
@@ -221,19 +233,8 @@ func (f *Follower) campaign(ctx context.Context) error {
 	if walLevel != "logical" {
 		return errUnavailable{fmt.Sprintf("wal_level is %s: set wal_level = logical in postgresql.conf (or the managed database's parameters) and restart Postgres", walLevel)}
 	}
-	var canReplicate bool
-	err = lock.QueryRow(ctx, "SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user").Scan(&canReplicate)
-	if err != nil {
-		return fmt.Errorf("reading the role's attributes: %w", err)
-	}
-	if !canReplicate {
-		var role string
-		_ = lock.QueryRow(ctx, "SELECT current_user").Scan(&role)
-		return errUnavailable{fmt.Sprintf("role %s may not replicate: ALTER ROLE %s WITH REPLICATION (on Amazon RDS: GRANT rds_replication TO %s)", role, role, role)}
-	}
-
 	var won bool
-	err = lock.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext('cacheside.replication'), hashtext($1))", f.opts.Slot).Scan(&won)
+	err := lock.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext('cacheside.replication'), hashtext($1))", f.opts.Slot).Scan(&won)
 	if err != nil {
 		return fmt.Errorf("taking the leader lock: %w", err)
 	}
@@ -257,10 +258,7 @@ func (f *Follower) lead(ctx context.Context, lock *pgx.Conn) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42704" && strings.Contains(pgErr.Message, "publication") {
-			err = errUnavailable{fmt.Sprintf("publication %s does not exist in this database: run the migrations, or set REPLICATION_PUBLICATION", f.opts.Publication)}
-		}
+		err = f.classify(err)
 		var unavailable errUnavailable
 		if errors.As(err, &unavailable) {
 			return err
@@ -283,6 +281,25 @@ func (f *Follower) lead(ctx context.Context, lock *pgx.Conn) error {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// classify turns the errors that retrying cannot cure into errUnavailable, naming the fix.
+func (f *Follower) classify(err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return err
+	}
+	switch {
+	case pgErr.Code == "42501": // insufficient privilege: neither superuser nor REPLICATION
+		role := "the service's role"
+		if cfg, perr := pgconn.ParseConfig(f.opts.URL); perr == nil {
+			role = cfg.User
+		}
+		return errUnavailable{fmt.Sprintf("role %s may not replicate (%s): ALTER ROLE %s WITH REPLICATION (on Amazon RDS: GRANT rds_replication TO %s)", role, pgErr.Message, role, role)}
+	case pgErr.Code == "42704" && strings.Contains(pgErr.Message, "publication"):
+		return errUnavailable{fmt.Sprintf("publication %s does not exist in this database: run the migrations, or set REPLICATION_PUBLICATION", f.opts.Publication)}
+	}
+	return err
 }
 
 // session is one replication session: the slot made sure of, the views retired once if the slot
