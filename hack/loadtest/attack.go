@@ -37,6 +37,11 @@ func measure(ctx context.Context, o options, t target, rows, conns int) (results
 			return results.Measurement{}, fmt.Errorf("warming up %s: %w", t.name, err)
 		}
 	}
+	if t.beforeMeasuring != nil {
+		if err := t.beforeMeasuring(); err != nil {
+			return results.Measurement{}, err
+		}
+	}
 	tl, err := attack(ctx, tr, o, t.url, header, conns, o.duration)
 	if err != nil {
 		return results.Measurement{}, fmt.Errorf("measuring %s: %w", t.name, err)

@@ -43,7 +43,7 @@ func newBench(ctx context.Context, o options, stderr io.Writer) (*bench, error) 
 		client: &http.Client{Timeout: o.timeout, Transport: &http.Transport{DisableCompression: true}},
 	}
 	for _, t := range o.tiers {
-		s, err := startService(ctx, o.bin, t, stderr)
+		s, err := startService(ctx, o.bin, "cacheside "+t.name, t, nil, stderr)
 		if err != nil {
 			if ctx.Err() != nil {
 				b.close()
@@ -90,6 +90,8 @@ type target struct {
 	kind results.Kind
 	url  string
 	svc  *service // nil for the ceiling
+	// beforeMeasuring runs between the warm-up and the measurement; nil: nothing does.
+	beforeMeasuring func() error
 }
 
 // runAll measures every table size; within a size, the targets of one cell run back to back, so

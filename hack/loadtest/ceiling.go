@@ -15,6 +15,7 @@ import (
 	"github.com/cacheside/cacheside/app/httpapi"
 	"github.com/cacheside/cacheside/app/platform/logging"
 	"github.com/cacheside/cacheside/app/platform/telemetry"
+	"github.com/cacheside/cacheside/app/replication"
 	"github.com/cacheside/cacheside/app/samples"
 	"github.com/cacheside/cacheside/app/view"
 )
@@ -88,6 +89,7 @@ type upHealth struct{}
 
 func (upHealth) Postgres(context.Context) error { return nil }
 func (upHealth) Redis(context.Context) any      { return cache.Health{Status: "up"} }
+func (upHealth) Replication() any               { return replication.State{Role: "off"} }
 
 // fixedStore answers every list with the same view and nothing else: the ceiling only serves
 // GET /cache (and GET /sample, identically).

@@ -20,6 +20,10 @@ func machineFacts(o options, began time.Time) []results.Fact {
 	if o.acceptEncoding == "" {
 		enc = "no `Accept-Encoding` (identity)"
 	}
+	services := results.Fact{Name: "Services", Value: "one cacheside per cache tier (`CACHE_LOCAL_ENABLED=false` for redis, `true` for redis+local), each with its own `CACHE_KEY_PREFIX`, `LOG_LEVEL=warn`, `REPLICATION_ENABLED=false` (the replication section measures the consumer), on loopback; the table reseeded with `cacheside seed -replace -n ROWS` before each table size"}
+	if o.replOnly {
+		services.Value = "the replication section's only: see there"
+	}
 	return []results.Fact{
 		{Name: "Date", Value: began.UTC().Format("2006-01-02 15:04 MST")},
 		{Name: "Machine", Value: fmt.Sprintf("%d CPUs (nproc), %s, %s/%s, Linux %s, %s RAM",
@@ -29,7 +33,7 @@ func machineFacts(o options, began time.Time) []results.Fact {
 		{Name: "Command", Value: "`" + o.command + "`"},
 		{Name: "Load", Value: fmt.Sprintf("closed loop over keep-alive connections (vegeta), %s per measurement after %s of warm-up, %d round(s) per cell, %s, per-request timeout %s",
 			o.duration, o.warmup, o.repeat, enc, o.timeout)},
-		{Name: "Services", Value: "one cacheside per cache tier (`CACHE_LOCAL_ENABLED=false` for redis, `true` for redis+local), each with its own `CACHE_KEY_PREFIX`, `LOG_LEVEL=warn`, on loopback; the table reseeded with `cacheside seed -replace -n ROWS` before each table size"},
+		services,
 	}
 }
 

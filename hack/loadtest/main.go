@@ -2,12 +2,16 @@
 // PostgreSQL and Redis under .run/loadtest (each unless DATABASE_URL or REDIS_URL names one)
 // and migrates, then starts one cacheside per cache tier and a ceiling (the service's own router
 // serving fixed bytes, in a process of its own), reseeds the table to each size, and drives
-// GET /sample, GET /cache on every tier and the ceiling at several numbers of connections. It
-// prints the table and writes it as report.md and report.png. Numbers are printed, never
-// asserted. Load generation is vegeta's, used as a library. Everything it started is stopped
-// when it ends, also on Ctrl-C or SIGTERM.
+// GET /sample, GET /cache on every tier and the ceiling at several numbers of connections. Then
+// its replication section drives /cache on the redis tier while a writer outside the API commits
+// single-row UPDATEs, with the service's replication consumer on and off: the commit-to-retired
+// latency the service's histogram recorded, and what the consumer costs in req/s. It prints the
+// tables and writes them as report.md and report.png. Numbers are printed, never asserted. Load
+// generation is vegeta's, used as a library. Everything it started is stopped when it ends, also
+// on Ctrl-C or SIGTERM.
 //
 //	make loadtest ARGS="-rows 10,1000 -c 1,32 -d 2s"
+//	make loadtest ARGS="-replication-only -out .run/replication"
 //	cd hack/loadtest && go run . -rows 10,1000 -c 1,32 -d 2s
 //
 // Relative paths in its flags are the repository root's, where make runs. It is a module of its
@@ -20,6 +24,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -107,6 +112,12 @@ type options struct {
 	command        string
 	root           string // the repository's checkout
 	ceilingSpec    string // set only in the ceiling's own process
+
+	// The replication section.
+	replWrites float64 // UPDATEs/s of the writer outside the API; 0: no section
+	replRows   int
+	replConns  int
+	replOnly   bool // the section alone, without the table
 }
 
 // ceilingFlag re-executes this binary as the ceiling server. It is left out of -help: users
@@ -126,6 +137,10 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	timeout := fs.Duration("timeout", 10*time.Second, "per-request timeout")
 	enc := fs.String("accept-encoding", "gzip", `Accept-Encoding header sent with every request ("" sends none, so the service answers identity)`)
 	out := fs.String("out", "hack/loadtest/report", "directory for report.md and report.png")
+	replWrites := fs.Float64("replication-writes", 50, "UPDATEs per second a writer outside the API commits in the replication section, which measures /cache with the service's replication consumer on and off; 0 leaves the section out")
+	replRows := fs.Int("replication-rows", 1000, "table size of the replication section")
+	replConns := fs.Int("replication-c", 32, "connections of the replication section")
+	replOnly := fs.Bool("replication-only", false, "measure the replication section alone, without the table (the report is written all the same: see -out)")
 	command := fs.String("command", "", `command line recorded in report.md (default: make loadtest ARGS="…" with this run's flags)`)
 	spec := fs.String(ceilingFlag, "", "")
 	fs.Usage = func() {
@@ -152,6 +167,7 @@ DATABASE_URL or REDIS_URL names one to use. Relative paths are the repository ro
 	o := options{
 		bin: *bin, duration: *duration, repeat: *repeat, warmup: *warmup, timeout: *timeout,
 		acceptEncoding: *enc, out: *out, command: *command, ceilingSpec: *spec,
+		replWrites: *replWrites, replRows: *replRows, replConns: *replConns, replOnly: *replOnly,
 	}
 	if o.ceilingSpec != "" {
 		return o, nil
@@ -172,6 +188,12 @@ DATABASE_URL or REDIS_URL names one to use. Relative paths are the repository ro
 	}
 	if o.duration <= 0 || o.warmup < 0 || o.timeout <= 0 || o.repeat < 1 {
 		return o, errors.New("-d, -timeout and -repeat must be positive, -warmup not negative")
+	}
+	if o.replWrites < 0 || math.IsNaN(o.replWrites) || math.IsInf(o.replWrites, 0) || o.replRows < 1 || o.replConns < 1 {
+		return o, errors.New("-replication-rows and -replication-c must be positive, -replication-writes a rate of 0 or more")
+	}
+	if o.replOnly && o.replWrites == 0 {
+		return o, errors.New("-replication-only measures nothing with -replication-writes 0")
 	}
 	if o.command == "" {
 		o.command = makeCommand(args)
@@ -216,62 +238,102 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	began := time.Now()
 	facts := machineFacts(o, began)
 
-	b, err := newBench(ctx, o, stderr)
-	if err != nil {
-		return err
-	}
-	defer b.close()
-
-	cells := len(o.rows) * len(o.conns) * (2 + len(b.services)) * o.repeat
-	fmt.Fprintf(stderr, "measuring %d targets × %d table sizes × %d connection counts × %d rounds: %d measurements of %s after %s of warm-up, about %s\n",
-		2+len(b.services), len(o.rows), len(o.conns), o.repeat, cells, o.duration, o.warmup,
-		(time.Duration(cells) * (o.duration + o.warmup)).Round(time.Second))
-
-	measured, err := b.runAll(ctx)
-	if err != nil {
-		// Show what was measured before the interruption, but keep the last complete report.
-		if len(measured) > 0 {
-			fmt.Fprintln(stdout, "partial results (not written to the report):")
-			_ = results.WriteTable(stdout, measured)
+	var measured []results.Measurement
+	var notes []string
+	if !o.replOnly {
+		b, err := newBench(ctx, o, stderr)
+		if err != nil {
+			return err
 		}
-		return err
+		defer b.close()
+
+		cells := len(o.rows) * len(o.conns) * (2 + len(b.services)) * o.repeat
+		fmt.Fprintf(stderr, "measuring %d targets × %d table sizes × %d connection counts × %d rounds: %d measurements of %s after %s of warm-up, about %s\n",
+			2+len(b.services), len(o.rows), len(o.conns), o.repeat, cells, o.duration, o.warmup,
+			(time.Duration(cells) * (o.duration + o.warmup)).Round(time.Second))
+
+		measured, err = b.runAll(ctx)
+		if err != nil {
+			// Show what was measured before the interruption, but keep the last complete report.
+			if len(measured) > 0 {
+				fmt.Fprintln(stdout, "partial results (not written to the report):")
+				_ = results.WriteTable(stdout, measured)
+			}
+			return err
+		}
+		if err := results.WriteTable(stdout, measured); err != nil {
+			return err
+		}
+		notes = b.notes
+		// The replication section's services run alone, not next to these.
+		b.close()
 	}
-	if err := results.WriteTable(stdout, measured); err != nil {
-		return err
+
+	var rep *results.Replication
+	if o.replWrites > 0 {
+		fmt.Fprintf(stderr, "replication section: 2 settings × %d rounds: %d measurements of %s after %s of warm-up, each with a cacheside of its own, about %s\n",
+			o.repeat, 2*o.repeat, o.duration, o.warmup, (time.Duration(2*o.repeat) * (o.duration + o.warmup + 3*time.Second)).Round(time.Second))
+		r, err := measureReplication(ctx, o, stderr)
+		if err != nil {
+			if ctx.Err() != nil || o.replOnly {
+				return err
+			}
+			// As a tier that does not start: the report says why, the table stands.
+			fmt.Fprintf(stderr, "loadtest: the replication section was not measured: %v\n", err)
+			r.Skipped = oneLine(err.Error())
+		}
+		if len(measured) > 0 {
+			fmt.Fprintln(stdout)
+		}
+		if err := results.WriteReplicationTable(stdout, r); err != nil {
+			return err
+		}
+		rep = &r
 	}
+
 	facts = append(facts,
 		results.Fact{Name: "Load average after the run", Value: loadAverage() + " (the run's own load included)"},
 		results.Fact{Name: "Duration of the run", Value: time.Since(began).Round(time.Second).String()})
-	if err := writeReport(o, began, facts, b.notes, measured); err != nil {
+	if err := writeReport(o, began, facts, notes, measured, rep); err != nil {
 		return err
+	}
+	if len(measured) == 0 {
+		fmt.Fprintf(stderr, "wrote %s\n", filepath.Join(o.out, "report.md"))
+		return nil
 	}
 	fmt.Fprintf(stderr, "wrote %s and %s\n", filepath.Join(o.out, "report.md"), filepath.Join(o.out, "report.png"))
 	return nil
 }
 
-func writeReport(o options, began time.Time, facts []results.Fact, notes []string, measured []results.Measurement) error {
+// writeReport writes report.md and, when the table was measured, report.png.
+func writeReport(o options, began time.Time, facts []results.Fact, notes []string, measured []results.Measurement, rep *results.Replication) error {
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return fmt.Errorf("creating the report directory: %w", err)
 	}
-	png, err := os.Create(filepath.Join(o.out, "report.png"))
-	if err != nil {
-		return fmt.Errorf("creating the chart: %w", err)
+	report := results.Report{Title: "cacheside load test", Facts: facts}
+	if len(measured) > 0 {
+		png, err := os.Create(filepath.Join(o.out, "report.png"))
+		if err != nil {
+			return fmt.Errorf("creating the chart: %w", err)
+		}
+		err = results.WritePNG(png, "cacheside: successful requests/s by target (higher is better)", chartSubtitle(o, began), measured)
+		if cerr := png.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("writing the chart: %w", cerr)
+		}
+		if err != nil {
+			return err
+		}
+		report.Chart = "report.png"
+		report.Notes = append(columnNotes(o), notes...)
 	}
-	err = results.WritePNG(png, "cacheside: successful requests/s by target (higher is better)", chartSubtitle(o, began), measured)
-	if cerr := png.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("writing the chart: %w", cerr)
-	}
-	if err != nil {
-		return err
+	if rep != nil {
+		report.Replication = rep
+		if rep.Skipped == "" {
+			report.ReplicationNotes = replicationNotes(o, *rep)
+		}
 	}
 
 	var md strings.Builder
-	report := results.Report{
-		Title: "cacheside load test",
-		Facts: facts,
-		Chart: "report.png",
-		Notes: append(columnNotes(o), notes...),
-	}
 	if err := results.WriteMarkdown(&md, report, measured); err != nil {
 		return err
 	}

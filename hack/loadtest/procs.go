@@ -110,8 +110,11 @@ type service struct {
 }
 
 // startService starts cacheside for t on a free loopback port, with its own key prefix so
-// that tiers never share cached views, and waits until it is ready.
-func startService(ctx context.Context, bin string, t tier, stderr io.Writer) (*service, error) {
+// that tiers never share cached views, and waits until it is ready. The replication consumer is
+// off: nothing writes while the table is measured, so it would only decode each reseed, into the
+// first measurements after it; the replication section measures it. extra is appended to the
+// environment (a later value of a variable wins); name is the process's in the logs.
+func startService(ctx context.Context, bin, name string, t tier, extra []string, stderr io.Writer) (*service, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -122,8 +125,10 @@ func startService(ctx context.Context, bin string, t tier, stderr io.Writer) (*s
 		"LOG_LEVEL=warn",
 		"CACHE_KEY_PREFIX=loadtest-"+strings.ReplaceAll(t.name, "+", "-"),
 		"CACHE_LOCAL_ENABLED="+strconv.FormatBool(t.local),
+		"REPLICATION_ENABLED=false",
 	)
-	c, err := startChild("cacheside "+t.name, bin, []string{"serve"}, env, stderr)
+	env = append(env, extra...)
+	c, err := startChild(name, bin, []string{"serve"}, env, stderr)
 	if err != nil {
 		return nil, err
 	}

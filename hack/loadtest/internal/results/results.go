@@ -117,15 +117,20 @@ func WriteTable(w io.Writer, all []Measurement) error {
 // Report is what the Markdown file holds besides the table.
 type Report struct {
 	Title string
-	Facts []Fact // how the numbers were obtained: machine, versions, command, settings
-	Chart string // path of the chart relative to the Markdown file; "" for none
-	Notes []string
+	Facts []Fact   // how the numbers were obtained: machine, versions, command, settings
+	Chart string   // path of the chart relative to the Markdown file; "" for none
+	Notes []string // on the table
+
+	// Replication is the replication section, written after the table's notes; nil for none.
+	Replication      *Replication
+	ReplicationNotes []string
 }
 
 // Fact is one line of the report's header.
 type Fact struct{ Name, Value string }
 
-// WriteMarkdown writes the report: header facts, the chart, the table and the notes.
+// WriteMarkdown writes the report: header facts, the chart, the table and its notes, then the
+// replication section. A run that measured only the replication section has no table.
 func WriteMarkdown(w io.Writer, r Report, all []Measurement) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %s\n\n", r.Title)
@@ -135,6 +140,19 @@ func WriteMarkdown(w io.Writer, r Report, all []Measurement) error {
 	if r.Chart != "" {
 		fmt.Fprintf(&b, "\n![requests per second by target](%s)\n", r.Chart)
 	}
+	if len(all) > 0 {
+		writeMarkdownTable(&b, r, all)
+	}
+	if r.Replication != nil {
+		replicationMarkdown(&b, *r.Replication, r.ReplicationNotes)
+	}
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return fmt.Errorf("writing the markdown report: %w", err)
+	}
+	return nil
+}
+
+func writeMarkdownTable(b *strings.Builder, r Report, all []Measurement) {
 	b.WriteString("\n|")
 	for _, c := range Columns {
 		b.WriteString(" " + c + " |")
@@ -159,13 +177,9 @@ func WriteMarkdown(w io.Writer, r Report, all []Measurement) error {
 	if len(r.Notes) > 0 {
 		b.WriteString("\n")
 		for _, n := range r.Notes {
-			fmt.Fprintf(&b, "- %s\n", n)
+			fmt.Fprintf(b, "- %s\n", n)
 		}
 	}
-	if _, err := io.WriteString(w, b.String()); err != nil {
-		return fmt.Errorf("writing the markdown report: %w", err)
-	}
-	return nil
 }
 
 // markdownCell escapes what would end a cell or start emphasis: a target name such as
