@@ -25,7 +25,8 @@ const (
 // PostgresOptions configures StartPostgres.
 type PostgresOptions struct {
 	// Dir is the cluster's home (data/, log, socket); created if missing. A cluster already
-	// there is reused (and started if it is not running).
+	// there is reused (and started if it is not running, or restarted if it runs without
+	// wal_level=logical).
 	Dir string
 	// Port to listen on, on 127.0.0.1; 0 picks a free one.
 	Port int
@@ -49,7 +50,8 @@ type Postgres struct {
 }
 
 // StartPostgres initialises (once) and starts a cluster in o.Dir, or finds it running, and waits
-// until it accepts connections.
+// until it accepts connections. A cluster found running with another wal_level than logical is
+// restarted, so the settings of writeConf apply.
 func StartPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 	if o.Log == nil {
 		o.Log = io.Discard
@@ -74,7 +76,20 @@ func StartPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 		}
 		p.proc, p.opts.Port, p.Adopted = foundProc(pid), port, true
 		fmt.Fprintf(o.Log, "PostgreSQL already running in %s (pid %d, port %d)\n", home, pid, port)
-		return p, nil
+		level, err := p.walLevel(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if level == "logical" {
+			return p, nil
+		}
+		// Started before writeConf asked for logical (an older checkout's make run): wal_level
+		// only changes at a restart, and without it no replication slot can be created.
+		fmt.Fprintf(o.Log, "PostgreSQL in %s runs with wal_level=%s: restarting it for wal_level=logical\n", home, level)
+		if err := p.Stop(); err != nil {
+			return nil, fmt.Errorf("stopping PostgreSQL in %s to restart it: %w", home, err)
+		}
+		p.Adopted = false // the restarted server is this process's
 	}
 	if p.opts.Port == 0 {
 		if p.opts.Port, err = FreePort(); err != nil {
@@ -138,6 +153,26 @@ func (p *Postgres) Start(ctx context.Context) error {
 		return fmt.Errorf("PostgreSQL did not become ready: %w", err)
 	}
 	return nil
+}
+
+// walLevel asks a running cluster for its wal_level, waiting until it accepts connections (it
+// may still be starting).
+func (p *Postgres) walLevel(ctx context.Context) (string, error) {
+	var level string
+	err := waitFor(ctx, 60*time.Second, func() error {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(cctx, p.URL())
+		if err != nil {
+			return err
+		}
+		defer conn.Close(cctx)
+		return conn.QueryRow(cctx, "SHOW wal_level").Scan(&level)
+	})
+	if err != nil {
+		return "", fmt.Errorf("reading wal_level of the PostgreSQL running in %s: %w", p.home, err)
+	}
+	return level, nil
 }
 
 // Stop shuts the cluster down (fast: sessions are rolled back) and waits for it to exit.
@@ -294,6 +329,16 @@ max_parallel_workers = 2
 max_parallel_workers_per_gather = 1
 max_wal_size = 256MB
 min_wal_size = 32MB
+# The service follows its database through a logical replication slot (pgoutput). Each test
+# creates its own database and each service under test its own slot in it, with a walsender
+# while it streams: 100 of each covers the packages run in parallel. Walsenders do not count
+# against max_connections (PostgreSQL 12 and later).
+wal_level = logical
+max_replication_slots = 100
+max_wal_senders = 100
+# A slot nobody reads (its test was killed before cleaning up) holds WAL back: past this much
+# PostgreSQL invalidates it instead of filling the disk.
+max_slot_wal_keep_size = 1GB
 fsync = %s
 synchronous_commit = %s
 full_page_writes = %s

@@ -7,6 +7,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	neturl "net/url"
@@ -66,7 +68,7 @@ func CreateDatabase(t testing.TB, adminURL string) string {
 		t.Fatalf("creating database: %v", err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		conn, err := pgx.Connect(ctx, adminURL)
 		if err != nil {
@@ -74,7 +76,7 @@ func CreateDatabase(t testing.TB, adminURL string) string {
 			return
 		}
 		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+		if err := dropDatabase(ctx, conn, name); err != nil {
 			t.Logf("dropping %s: %v", name, err)
 		}
 	})
@@ -90,6 +92,68 @@ func CreateDatabase(t testing.TB, adminURL string) string {
 		t.Fatalf("migrating test database: %v", err)
 	}
 	return dbURL
+}
+
+// dropDatabase drops a test database and the replication slots in it (the service under test
+// creates one). DROP DATABASE refuses while a walsender streams from a slot of the database, even
+// WITH (FORCE), which ends only ordinary sessions; so the slots go first: each active one's
+// walsender is terminated, and each slot is dropped once inactive, until none is left. A server
+// without wal_level=logical has no slots, and this is a plain DROP.
+func dropDatabase(ctx context.Context, conn *pgx.Conn, name string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		left, err := dropSlots(ctx, conn, name)
+		if err == nil && left == 0 {
+			break
+		}
+		if err == nil {
+			err = fmt.Errorf("%d replication slots still in it", left)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("dropping its replication slots: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("dropping its replication slots: %w (last: %v)", ctx.Err(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	_, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+	return err
+}
+
+// dropSlots makes one pass over the database's slots: it terminates the walsender of each active
+// one and drops each inactive one. It returns how many slots it found; zero means none is left.
+// A slot that became active or vanished meanwhile (a service stopping, another cleanup) is left
+// for the next pass.
+func dropSlots(ctx context.Context, conn *pgx.Conn, database string) (int, error) {
+	type slot struct {
+		name string
+		pid  *int32
+	}
+	rows, err := conn.Query(ctx, "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = $1", database)
+	if err != nil {
+		return 0, err
+	}
+	slots, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (slot, error) {
+		var s slot
+		return s, row.Scan(&s.name, &s.pid)
+	})
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	for _, s := range slots {
+		if s.pid != nil {
+			_, err = conn.Exec(ctx, "SELECT pg_terminate_backend($1)", *s.pid)
+		} else {
+			_, err = conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", s.name)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("slot %s: %w", s.name, err))
+		}
+	}
+	return len(slots), errors.Join(errs...)
 }
 
 // Pool opens a pool on dbURL, closed when the test ends.
