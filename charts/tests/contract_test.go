@@ -287,16 +287,18 @@ func TestConfigValuesReachTheConfigMapAsTheServiceParsesThem(t *testing.T) {
 	m := render(t, "ha-values.yaml")
 	data := appConfigMap(t, m).Data
 	want := map[string]string{
-		"LOG_LEVEL":                 "warn",
-		"CACHE_TTL":                 "10m",
-		"CACHE_TTL_JITTER":          "0.2",
-		"HTTP_MAX_BODY_BYTES":       "2097152", // not 2.097152e+06
-		"DATABASE_MAX_CONNS":        "20",
-		"DATABASE_MIGRATE_ON_START": "false",
-		"CACHE_LOCAL_ENABLED":       "true",
-		"CACHE_LOCAL_MAX_BYTES":     "33554432",
-		"SHUTDOWN_TIMEOUT":          "30s",
-		"REDIS_MODE":                "standalone",
+		"LOG_LEVEL":                   "warn",
+		"CACHE_TTL":                   "10m",
+		"CACHE_TTL_JITTER":            "0.2",
+		"HTTP_MAX_BODY_BYTES":         "2097152", // not 2.097152e+06
+		"DATABASE_MAX_CONNS":          "20",
+		"DATABASE_MIGRATE_ON_START":   "false",
+		"CACHE_LOCAL_ENABLED":         "true",
+		"CACHE_LOCAL_MAX_BYTES":       "33554432",
+		"REPLICATION_SLOT":            "cacheside_prod",
+		"REPLICATION_STATUS_INTERVAL": "5s",
+		"SHUTDOWN_TIMEOUT":            "30s",
+		"REDIS_MODE":                  "standalone",
 	}
 	got := map[string]string{}
 	for k := range want {

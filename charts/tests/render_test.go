@@ -115,7 +115,7 @@ func install(opts renderOptions, valuesFile string, set ...string) (*release.Rel
 	}
 	vals := map[string]any{}
 	if valuesFile != "" {
-		vals, err = common.ReadValuesFile(ciPath(valuesFile))
+		vals, err = common.ReadValuesFile(valuesPath(valuesFile))
 		if err != nil {
 			return nil, fmt.Errorf("reading %s: %w", valuesFile, err)
 		}
@@ -225,6 +225,15 @@ func ciValuesFiles(t *testing.T) []string {
 }
 
 func ciPath(name string) string { return filepath.Join(chartDir, "ci", name) }
+
+// valuesPath is where render reads a values file: a name of ciValuesFiles, or a path of its own
+// (relative to charts/tests), such as the kind cluster's k8s/values/kind.yaml.
+func valuesPath(name string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	return ciPath(name)
+}
 
 // Typed accessors.
 
