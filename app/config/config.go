@@ -55,7 +55,7 @@ type Config struct {
 	CacheLocalMaxBytes int64         `envconfig:"CACHE_LOCAL_MAX_BYTES" default:"67108864" desc:"memory bound of the near-cache (least recently used entries go first); above 0 when it is on"`
 
 	ReplicationEnabled        bool          `envconfig:"REPLICATION_ENABLED" default:"true" desc:"follow Postgres's logical replication stream and retire the cached views that any writer changed (psql, other services, migrations); needs wal_level=logical and a role with REPLICATION, and without them the service says so and retires only its own writes"`
-	ReplicationSlot           string        `envconfig:"REPLICATION_SLOT" default:"" desc:"logical replication slot the cache follows (one per deployment; empty: cacheside_<database>)"`
+	ReplicationSlot           string        `envconfig:"REPLICATION_SLOT" default:"" desc:"logical replication slot the cache follows (one per deployment; empty: <CACHE_KEY_PREFIX>_<database>, e.g. cacheside_app)"`
 	ReplicationPublication    string        `envconfig:"REPLICATION_PUBLICATION" default:"cacheside" desc:"publication of the cached tables (the migrations create cacheside)"`
 	ReplicationStatusInterval time.Duration `envconfig:"REPLICATION_STATUS_INTERVAL" default:"10s" desc:"how often the replication follower reports its position to Postgres (which then frees WAL) and, when not the leader, tries to become it"`
 

@@ -308,6 +308,16 @@ func (f *Follower) session(ctx context.Context, lock *pgx.Conn) error {
 	if err := f.prepareSlot(ctx, lock); err != nil {
 		return err
 	}
+	// What the slot has confirmed (by this replica or an earlier leader) is retired: the first
+	// status update of this session must not report less.
+	var confirmed string
+	err := lock.QueryRow(ctx, "SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1", f.opts.Slot).Scan(&confirmed)
+	if err != nil {
+		return fmt.Errorf("reading slot %s's confirmed position: %w", f.opts.Slot, err)
+	}
+	if lsn, err := pglogrepl.ParseLSN(confirmed); err == nil && uint64(lsn) > f.applied.Load() {
+		f.applied.Store(uint64(lsn))
+	}
 	cfg, err := pgconn.ParseConfig(f.opts.URL)
 	if err != nil {
 		return errUnavailable{"DATABASE_URL does not parse"}

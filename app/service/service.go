@@ -105,8 +105,10 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, e
 	return s, nil
 }
 
-// ReplicationSlot is REPLICATION_SLOT, or cacheside_<database> when it is empty: slot names are
-// unique across a Postgres cluster, and a deployment per database is the common case.
+// ReplicationSlot is REPLICATION_SLOT, or <CACHE_KEY_PREFIX>_<database> when it is empty
+// (cacheside_<database> by default): slot names are unique across a Postgres cluster, and
+// deployments that share a database but not a key prefix (so not the cached views) each need
+// their own stream.
 func ReplicationSlot(cfg config.Config) string {
 	if cfg.ReplicationSlot != "" {
 		return cfg.ReplicationSlot
@@ -115,7 +117,7 @@ func ReplicationSlot(cfg config.Config) string {
 	if pc, err := pgconn.ParseConfig(cfg.DatabaseURL); err == nil {
 		db = pc.Database
 	}
-	name := []byte("cacheside_" + strings.ToLower(db))
+	name := []byte(strings.ToLower(cfg.CacheKeyPrefix + "_" + db))
 	for i, b := range name {
 		if (b < 'a' || b > 'z') && (b < '0' || b > '9') {
 			name[i] = '_'
