@@ -35,13 +35,14 @@ type histories struct {
 	firstSeen map[string]int64 // when the earliest read that saw a title returned
 
 	presentAtEnd, ackedDelete map[int64]bool
-	unknownDeletes            map[int64]int
+	firstUnknownDelete        map[int64]int64 // when the earliest delete of unknown outcome began
+	lastFound                 map[int64]int64 // when the latest write that found the sample began
 }
 
 func newHistories(rec *recording) *histories {
 	h := &histories{rec: rec, initial: map[int64]string{}, born: map[int64]int64{}, gone: map[int64]int64{},
 		titleOf: map[string]int64{}, firstSeen: map[string]int64{},
-		presentAtEnd: map[int64]bool{}, ackedDelete: map[int64]bool{}, unknownDeletes: map[int64]int{}}
+		presentAtEnd: map[int64]bool{}, ackedDelete: map[int64]bool{}, firstUnknownDelete: map[int64]int64{}, lastFound: map[int64]int64{}}
 	for _, s := range rec.Initial {
 		h.initial[s.ID], h.born[s.ID] = s.Title, 0
 	}
@@ -60,11 +61,16 @@ func newHistories(rec *recording) *histories {
 			if t, ok := h.gone[r.ID]; !ok || r.Ret < t {
 				h.gone[r.ID] = r.Ret
 			}
-		case r.Kind == "delete" && outcomeOf(r) == outcomeUnknown:
-			h.unknownDeletes[r.ID]++
+		case r.Kind == "delete" && outcomeOf(r) == outcomeUnknown && !notSent(r):
+			if t, ok := h.firstUnknownDelete[r.ID]; !ok || r.Call < t {
+				h.firstUnknownDelete[r.ID] = r.Call
+			}
 		}
 	}
 	for _, r := range rec.Records {
+		if r.Kind == "update" && outcomeOf(r) == outcomeOK && r.Call > h.lastFound[r.ID] {
+			h.lastFound[r.ID] = r.Call
+		}
 		if r.Kind != "create" {
 			continue
 		}
@@ -122,10 +128,17 @@ func (h *histories) of(id int64) (ops []porcupine.Operation, final []bool) {
 			if key != id {
 				continue
 			}
-			out, ret := outcomeOf(r), r.Ret
+			out, call, ret := outcomeOf(r), r.Call, r.Ret
 			if out == outcomeUnknown {
 				if ret = h.unknownEnd(r); ret == 0 {
 					continue
+				}
+				if r.Kind == "delete" {
+					// A delete cannot have applied before a write that found the sample began:
+					// ids are never reused. Left to start earlier it is concurrent with every read
+					// in between (a list read observes every sample), and porcupine's search over
+					// where it applies did not end in ten minutes for one sample.
+					call = min(max(call, h.lastFound[id]), ret)
 				}
 			}
 			kind := map[string]opKind{"create": opCreate, "update": opUpdate, "delete": opDelete}[r.Kind]
@@ -138,7 +151,7 @@ func (h *histories) of(id int64) (ops []porcupine.Operation, final []bool) {
 				fences = h.fences(r, id, n)
 			}
 			add(porcupine.Operation{ClientId: client, Input: input{Kind: kind, Key: id, Write: n, Value: value{true, r.Title}, Fences: len(fences)},
-				Output: output{Outcome: out}, Call: r.Call, Return: ret, Metadata: meta}, false)
+				Output: output{Outcome: out}, Call: call, Return: ret, Metadata: meta}, false)
 			for _, f := range fences {
 				at := int64(f.Write) // fences() passes the instant in Write; the write's id is n
 				f.Write = n
@@ -193,10 +206,16 @@ func (h *histories) unknownEnd(r record) int64 {
 		// Ids are never reused: had it applied, the sample would be gone for good, and an
 		// acknowledged delete would have found nothing.
 		return 0
-	case h.unknownDeletes[r.ID] == 1:
-		if t, ok := h.firstAbsent(r.ID, r.Call); ok {
-			return t // the only delete that can explain the first absence after it
-		}
+	case r.Call != h.firstUnknownDelete[r.ID]:
+		// The deletes of a sample are interchangeable: only the first to apply changes anything,
+		// and one of unknown outcome has no fence. So a sample's deletes of unknown outcome are
+		// one: the earliest, which may apply at any time after it began, as may any of them.
+		// Left apart, each is concurrent with everything after it, and porcupine's search over
+		// where each applies grew past ten minutes for one sample with two.
+		return 0
+	}
+	if t, ok := h.firstAbsent(r.ID, r.Call); ok {
+		return t // the only delete that can explain the first absence after it
 	}
 	return never
 }
