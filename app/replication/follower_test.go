@@ -90,10 +90,19 @@ func streaming(t *testing.T, f *replication.Follower) {
 // before its commit: once a follower has retired everything past it, the change is retired.
 func commit(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) pglogrepl.LSN {
 	t.Helper()
+	return inTx(t, pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(context.Background(), sql, args...)
+		return err
+	})
+}
+
+// inTx runs fn in a transaction and returns a position before its commit.
+func inTx(t *testing.T, pool *pgxpool.Pool, fn func(pgx.Tx) error) pglogrepl.LSN {
+	t.Helper()
 	ctx := context.Background()
 	var lsn pglogrepl.LSN
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		if err := fn(tx); err != nil {
 			return err
 		}
 		var s string
@@ -105,7 +114,7 @@ func commit(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) pglogrepl
 		return err
 	})
 	if err != nil {
-		t.Fatalf("%s: %v", sql, err)
+		t.Fatal(err)
 	}
 	return lsn
 }
@@ -135,26 +144,11 @@ func title(t *testing.T, v view.View) string {
 }
 
 // insert adds a row as any client would and returns its id and a position before its commit.
-func insert(t *testing.T, pool *pgxpool.Pool, title string) (int64, pglogrepl.LSN) {
+func insert(t *testing.T, pool *pgxpool.Pool, title string) (id int64, lsn pglogrepl.LSN) {
 	t.Helper()
-	ctx := context.Background()
-	var id int64
-	var lsn pglogrepl.LSN
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if err := tx.QueryRow(ctx, "INSERT INTO samples (title) VALUES ($1) RETURNING id", title).Scan(&id); err != nil {
-			return err
-		}
-		var s string
-		if err := tx.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&s); err != nil {
-			return err
-		}
-		var err error
-		lsn, err = pglogrepl.ParseLSN(s)
-		return err
+	lsn = inTx(t, pool, func(tx pgx.Tx) error {
+		return tx.QueryRow(context.Background(), "INSERT INTO samples (title) VALUES ($1) RETURNING id", title).Scan(&id)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	return id, lsn
 }
 
