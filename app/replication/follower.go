@@ -580,7 +580,7 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 				continue
 			}
 			s.spaces[sp] = struct{}{}
-			if err := f.opts.Retirer.InvalidateSpace(ctx, sp); err != nil {
+			if err := s.retire(ctx, func(ctx context.Context) error { return f.opts.Retirer.InvalidateSpace(ctx, sp) }); err != nil {
 				return fmt.Errorf("retiring space %s after a truncate: %w", sp, err)
 			}
 		}
@@ -625,7 +625,7 @@ func (s *stream) row(ctx context.Context, relID uint32, op string, tuple *pglogr
 			continue
 		}
 		s.spaces[sp] = struct{}{}
-		if err := s.f.opts.Retirer.InvalidateSpace(ctx, sp); err != nil {
+		if err := s.retire(ctx, func(ctx context.Context) error { return s.f.opts.Retirer.InvalidateSpace(ctx, sp) }); err != nil {
 			return fmt.Errorf("retiring space %s for a change to %s that names no row: %w", sp, rel.table, err)
 		}
 	}
@@ -664,7 +664,7 @@ func (s *stream) flush(ctx context.Context, lsn pglogrepl.LSN) error {
 		attrTables.String(strings.Join(tables, ",")), attrRows.Int(s.rows), attrKeys.Int(len(keys)),
 		attrLSN.String(lsn.String()), attrCommitTime.String(s.commitTime.UTC().Format(time.RFC3339Nano))))
 	defer span.End()
-	if err := s.f.opts.Retirer.Invalidate(ctx, keys...); err != nil {
+	if err := s.retire(ctx, func(ctx context.Context) error { return s.f.opts.Retirer.Invalidate(ctx, keys...) }); err != nil {
 		span.RecordError(err)
 		return fmt.Errorf("retiring %d keys (%s): %w", len(keys), strings.Join(tables, ","), err)
 	}
@@ -677,6 +677,44 @@ func (s *stream) flush(ctx context.Context, lsn pglogrepl.LSN) error {
 	return nil
 }
 
+// retire runs a retirement until Redis takes it. The stream is held meanwhile rather than
+// dropped and started again, which would make Postgres decode the whole backlog anew at every
+// attempt: nothing past the change is confirmed, status updates keep the walsender from timing
+// out, and the attempts come at most a second apart. So once Redis answers again, the backlog
+// is retired within about a second, while the replicas that saw Redis fail keep bypassing it
+// for CACHE_BREAKER_COOLDOWN (5 s).
+func (s *stream) retire(ctx context.Context, fn func(context.Context) error) error {
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn(ctx)
+		if err == nil {
+			if attempt > 1 {
+				s.f.opts.Logger.Info("replication follower retired again after Redis came back", "attempts", attempt)
+			}
+			return nil
+		}
+		if attempt == 1 {
+			s.f.opts.Logger.Warn("replication follower cannot retire; holding the stream and retrying until Redis takes it (nothing past it is confirmed)",
+				"err", err, "confirmed_lsn", s.f.Applied().String())
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+		if err := s.confirm(ctx); err != nil {
+			return err
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		perr := s.lock.Ping(pctx)
+		cancel()
+		if perr != nil {
+			return fmt.Errorf("the leader lock's session is gone while retrying: %w (last: %v)", perr, err)
+		}
+	}
+}
+
 // maxTrackedKeys bounds the keys a transaction retires one by one.
 const maxTrackedKeys = 100_000
 
@@ -684,11 +722,11 @@ const maxTrackedKeys = 100_000
 func (s *stream) retireEverything(ctx context.Context) error {
 	keys, spaces := s.f.opts.Views.All()
 	for _, sp := range spaces {
-		if err := s.f.opts.Retirer.InvalidateSpace(ctx, sp); err != nil {
+		if err := s.retire(ctx, func(ctx context.Context) error { return s.f.opts.Retirer.InvalidateSpace(ctx, sp) }); err != nil {
 			return fmt.Errorf("retiring space %s for a large transaction: %w", sp, err)
 		}
 	}
-	if err := s.f.opts.Retirer.Invalidate(ctx, keys...); err != nil {
+	if err := s.retire(ctx, func(ctx context.Context) error { return s.f.opts.Retirer.Invalidate(ctx, keys...) }); err != nil {
 		return fmt.Errorf("retiring every view for a large transaction: %w", err)
 	}
 	s.everything = true

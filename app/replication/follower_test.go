@@ -414,7 +414,7 @@ func TestRedisDownWhileChangesCommit(t *testing.T) {
 	srv.Pause() // hung, not restarted: its values survive, as after a network partition
 	lsn = commit(t, w.pool, "UPDATE samples SET title = title || ' changed'")
 	testenv.Eventually(t, 60*time.Second, func() error { // the follower tried and failed
-		if !strings.Contains(w.logs.String(), "replication stream interrupted") {
+		if !strings.Contains(w.logs.String(), "replication follower cannot retire") {
 			return errors.New("the follower has not failed to retire yet")
 		}
 		return nil
