@@ -315,7 +315,22 @@ func (f *Follower) session(ctx context.Context, lock *pgx.Conn) error {
 	if err != nil {
 		return fmt.Errorf("reading slot %s's confirmed position: %w", f.opts.Slot, err)
 	}
-	if lsn, err := pglogrepl.ParseLSN(confirmed); err == nil && uint64(lsn) > f.applied.Load() {
+	lsn, err := pglogrepl.ParseLSN(confirmed)
+	if err != nil {
+		return fmt.Errorf("reading slot %s's confirmed position %q: %w", f.opts.Slot, confirmed, err)
+	}
+	// A slot that has confirmed more than any follower recorded was made anew, or advanced, by
+	// something else: what it skipped was never retired.
+	tag, err := lock.Exec(ctx, `UPDATE cache_replication_slots SET synced = false
+		WHERE slot_name = $1 AND synced AND confirmed_lsn IS NOT NULL AND confirmed_lsn < $2::pg_lsn`, f.opts.Slot, confirmed)
+	if err != nil {
+		return fmt.Errorf("comparing slot %s's position with the recorded one: %w", f.opts.Slot, err)
+	}
+	if tag.RowsAffected() > 0 {
+		f.opts.Logger.Warn("replication slot has confirmed more than any follower recorded: it was made anew or advanced by something else; retiring every cached view",
+			"slot", f.opts.Slot, "slot_confirmed_lsn", confirmed)
+	}
+	if uint64(lsn) > f.applied.Load() {
 		f.applied.Store(uint64(lsn))
 	}
 	cfg, err := pgconn.ParseConfig(f.opts.URL)
@@ -368,7 +383,7 @@ func (f *Follower) prepareSlot(ctx context.Context, lock *pgx.Conn) error {
 	// Recorded before the slot exists: a follower that dies after making it leaves synced false,
 	// and the next one retires everything.
 	_, err = lock.Exec(ctx, `INSERT INTO cache_replication_slots (slot_name, synced) VALUES ($1, false)
-		ON CONFLICT (slot_name) DO UPDATE SET synced = false, created_at = now()`, f.opts.Slot)
+		ON CONFLICT (slot_name) DO UPDATE SET synced = false, confirmed_lsn = NULL, created_at = now()`, f.opts.Slot)
 	if err != nil {
 		return fmt.Errorf("recording the new slot: %w", err)
 	}
@@ -436,6 +451,7 @@ type stream struct {
 	conn      *pgconn.PgConn
 	lock      *pgx.Conn
 	relations map[uint32]relation
+	recorded  pglogrepl.LSN // the position last recorded in cache_replication_slots
 
 	inTx       bool
 	commitTime time.Time
@@ -519,6 +535,14 @@ func (s *stream) run(ctx context.Context) error {
 // before it, and a restarted stream starts there.
 func (s *stream) confirm(ctx context.Context) error {
 	lsn := pglogrepl.LSN(s.f.applied.Load())
+	if lsn > s.recorded { // recorded first: the slot never confirms more than the record says
+		_, err := s.lock.Exec(ctx, `UPDATE cache_replication_slots SET confirmed_lsn = $2::pg_lsn
+			WHERE slot_name = $1 AND (confirmed_lsn IS NULL OR confirmed_lsn < $2::pg_lsn)`, s.f.opts.Slot, lsn.String())
+		if err != nil {
+			return fmt.Errorf("recording the position %s: %w", lsn, err)
+		}
+		s.recorded = lsn
+	}
 	if err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: lsn}); err != nil {
 		return fmt.Errorf("confirming %s: %w", lsn, err)
 	}

@@ -515,6 +515,9 @@ func TestOneLeaderAtATime(t *testing.T) {
 	if !strings.Contains(w.logs.String(), "replication leadership changed") {
 		t.Error("no log line for the change of leadership")
 	}
+	if n := b.FullRetirements(); n != 0 {
+		t.Errorf("the new leader retired everything %d times, want 0: it found the slot as the old one left it", n)
+	}
 }
 
 // TestWithoutReplicationRightsTheFollowerSaysWhatToChange: a role without REPLICATION cannot
@@ -633,5 +636,42 @@ func TestASlotPostgresInvalidatedIsMadeAnew(t *testing.T) {
 	}
 	if !strings.Contains(w.logs.String(), "invalidated by Postgres") {
 		t.Error("no log line says the slot was invalidated")
+	}
+}
+
+// TestASlotMadeAnewBehindTheFollowersBackRetiresEverything: the slot is dropped and created
+// again by someone else (an operator, a restore) while no follower runs, and a change is made in
+// between, which no stream will carry. The new slot has confirmed past every position a follower
+// recorded: the follower must notice and retire every view.
+func TestASlotMadeAnewBehindTheFollowersBackRetiresEverything(t *testing.T) {
+	w := newWorld(t, "REPLICATION_STATUS_INTERVAL=1s")
+	ctx := context.Background()
+	f1, stop1 := follow(t, w.options(w.cache))
+	streaming(t, f1)
+	id, lsn := insert(t, w.pool, "before")
+	retired(t, f1, lsn)
+	stop1() // confirms, and records, what it retired
+
+	get(t, w.store, id)
+	if _, out := get(t, w.store, id); out != view.Hit {
+		t.Fatalf("not cached: %s", out)
+	}
+	slot := service.ReplicationSlot(w.cfg)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		_, err := w.pool.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slot)
+		return err
+	})
+	commit(t, w.pool, "UPDATE samples SET title = 'while the slot was gone' WHERE id = $1", id)
+	if _, err := w.pool.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot); err != nil {
+		t.Fatal(err)
+	}
+
+	f2, _ := follow(t, w.options(w.cache))
+	streaming(t, f2)
+	if n := f2.FullRetirements(); n != 1 {
+		t.Errorf("after the slot was made anew by someone else the follower retired everything %d times, want 1", n)
+	}
+	if got, out := get(t, w.store, id); !strings.Contains(got, "while the slot was gone") {
+		t.Errorf("the item reads %s (%s), want the change made while the slot was gone", got, out)
 	}
 }
