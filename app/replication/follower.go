@@ -179,16 +179,15 @@ func (f *Follower) Run(ctx context.Context) {
 	defer closeLock()
 	backoff := time.Second
 	for ctx.Err() == nil {
+		var err error
 		if lock == nil {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			var err error
 			lock, err = pgx.Connect(cctx, f.opts.URL)
 			cancel()
 			if err != nil {
-				lock = nil
+				lock, err = nil, fmt.Errorf("connecting to Postgres: %w", err)
 			}
 		}
-		err := errors.New("no connection to Postgres")
 		if lock != nil {
 			err = f.campaign(ctx, lock)
 		}
