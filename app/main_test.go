@@ -89,6 +89,7 @@ func serve(t *testing.T, env ...string) *proc {
 		res.Body.Close()
 		return nil
 	})
+	testenv.ReplicationSettled(t, "http://"+addr)
 	return p
 }
 

@@ -1178,3 +1178,49 @@ func holdGenerationWrites(rdb interface{ AddHook(redis.Hook) }) (held, release c
 	}})
 	return held, release
 }
+
+// TestANearCacheSkipsItsOwnInvalidationsButNotOthers: a writer drops its own near-cache entries
+// once Redis has taken the new generations, so when its own message comes back it must not drop
+// them again (that would throw away what a read stored since, and cost a Redis round trip); a
+// message from any other process must be applied.
+func TestANearCacheSkipsItsOwnInvalidationsButNotOthers(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	c := withNearCache(t, rdb, prefix)
+	other := withNearCache(t, rdb, prefix) // another process on the same Redis
+	src := &source{value: "v"}
+	mine, theirs := cache.Key{Space: "item", ID: "mine"}, cache.Key{Space: "item", ID: "theirs"}
+	ctx := context.Background()
+	read := func(k cache.Key) view.View {
+		t.Helper()
+		v, err := c.Fetch(ctx, k, src.load)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for _, k := range []cache.Key{mine, theirs} {
+		read(k)
+		if v := read(k); v.Served.Tier != view.Local {
+			t.Fatalf("%s not in the near-cache: %s %s", k.ID, v.Served.Outcome, v.Served.Tier)
+		}
+	}
+	// This process's message for mine, then another's for theirs: they arrive in that order, so
+	// once theirs is dropped, mine's message has been handled.
+	channel, own := c.NearCacheMessage(mine)
+	if err := rdb.Publish(ctx, channel, own).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, foreign := other.NearCacheMessage(theirs)
+	if err := rdb.Publish(ctx, channel, foreign).Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if v := read(theirs); v.Served.Tier == view.Local {
+			return errors.New("another process's invalidation not applied yet")
+		}
+		return nil
+	})
+	if v := read(mine); v.Served.Tier != view.Local {
+		t.Errorf("its own message dropped the entry: the read after it was %s %s", v.Served.Outcome, v.Served.Tier)
+	}
+}

@@ -28,3 +28,9 @@ func (c *Cache) NearCacheStopped() bool {
 func (c *Cache) MostRedisOperationsInFlight() (most, bound int64) {
 	return c.maxIn.Load(), int64(max(1, poolSize(c.rdb)-2))
 }
+
+// NearCacheMessage is the invalidation message this cache publishes to drop k from every
+// near-cache, and the channel it goes to.
+func (c *Cache) NearCacheMessage(k Key) (channel, payload string) {
+	return c.near.channel, c.near.message(c.valKey(k))
+}

@@ -3,7 +3,6 @@ package cache
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -137,7 +136,7 @@ func (c *Cache) retire(ctx context.Context, keys []Key) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.OpTimeout)
 	defer cancel()
-	return c.rdb.Publish(ctx, c.near.channel, strings.Join(names, " ")).Err()
+	return c.rdb.Publish(ctx, c.near.channel, c.near.message(names...)).Err()
 }
 
 func (c *Cache) replaceGenerations(ctx context.Context, keys []Key) error {
@@ -212,7 +211,7 @@ func (c *Cache) retireSpace(ctx context.Context, space string) error {
 	if err != nil || c.near == nil {
 		return err
 	}
-	return c.rdb.Publish(ctx, c.near.channel, dropEverything).Err()
+	return c.rdb.Publish(ctx, c.near.channel, c.near.message(dropEverything)).Err()
 }
 
 // dropNear drops keys from this process's near-cache.

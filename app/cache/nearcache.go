@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"hash/maphash"
 	"log/slog"
@@ -34,7 +35,11 @@ type nearCache struct {
 	stripes [256]stripe
 	live    atomic.Bool // subscribed: invalidations from other processes are arriving
 	channel string
-	log     *slog.Logger
+	// sender marks this process's own messages, which it skips: it dropped those keys itself
+	// once Redis had taken them, and dropping again when its message comes back would only
+	// throw away what a read stored since (one more Redis round trip for nothing).
+	sender string
+	log    *slog.Logger
 }
 
 type stripe struct {
@@ -54,8 +59,15 @@ func newNearCache(prefix string, ttl time.Duration, maxBytes int64, log *slog.Lo
 		}),
 		seed:    maphash.MakeSeed(),
 		channel: prefix + ":invalidations",
+		sender:  "@" + rand.Text(),
 		log:     log,
 	}
+}
+
+// message is what is published to drop keys: the sender, then the keys. A process of an earlier
+// release reads the sender as one more key to drop, which it does not hold.
+func (l *nearCache) message(keys ...string) string {
+	return l.sender + " " + strings.Join(keys, " ")
 }
 
 func (l *nearCache) stripe(key string) *stripe {
@@ -151,7 +163,14 @@ func (l *nearCache) listen(ctx context.Context, ps *redis.PubSub) {
 				l.log.Info("near-cache: invalidation channel subscribed")
 			}
 		case *redis.Message:
-			l.drop(strings.Fields(m.Payload)...)
+			keys := strings.Fields(m.Payload)
+			if len(keys) > 0 && strings.HasPrefix(keys[0], "@") {
+				if keys[0] == l.sender {
+					continue
+				}
+				keys = keys[1:]
+			}
+			l.drop(keys...)
 		}
 	}
 }

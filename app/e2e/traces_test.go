@@ -541,6 +541,7 @@ func runService(t *testing.T, bin string, env []string) string {
 		res.Body.Close()
 		return nil
 	})
+	testenv.ReplicationSettled(t, base)
 	return base
 }
 

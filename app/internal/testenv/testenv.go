@@ -7,10 +7,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	neturl "net/url"
 	"os"
 	"slices"
@@ -297,4 +299,41 @@ func ProxiedDatabase(t testing.TB) (url string, proxy *Proxy, direct *pgxpool.Po
 	proxy = StartProxy(t, u.Host)
 	u.Host = proxy.Addr()
 	return u.String(), proxy, Pool(t, dbURL)
+}
+
+// ReplicationSettled waits until the service at base (http://host:port) has settled its
+// replication follower: it streams, stands by, is off, or cannot follow; or Redis is down, so
+// nothing is cached and nothing can be retired. A leader that made its slot has by then retired
+// every view once, which a test reading right after the start would otherwise race (a hit
+// expected on its second read would be a miss).
+func ReplicationSettled(t testing.TB, base string) {
+	t.Helper()
+	Eventually(t, 60*time.Second, func() error {
+		res, err := http.Get(base + "/readyz")
+		if err != nil {
+			return err
+		}
+		defer res.Body.Close()
+		var r struct {
+			Checks struct {
+				Replication struct {
+					Role      string `json:"role"`
+					Streaming bool   `json:"streaming"`
+				} `json:"replication"`
+				Redis struct {
+					Status string `json:"status"`
+				} `json:"redis"`
+			} `json:"checks"`
+		}
+		if err := json.NewDecoder(res.Body).Decode(&r); err != nil {
+			return err
+		}
+		switch s := r.Checks.Replication; {
+		case s.Role == "leader" && s.Streaming, s.Role == "standby", s.Role == "off", s.Role == "unavailable",
+			r.Checks.Redis.Status == "down":
+			return nil
+		default:
+			return fmt.Errorf("replication follower not settled: %+v", s)
+		}
+	})
 }
