@@ -222,7 +222,7 @@ func TestSIGTERMFinishesInFlightRequestsThenExitsZero(t *testing.T) {
 	// Wait until the request is blocked on the lock inside Postgres.
 	testenv.Eventually(t, 10*time.Second, func() error {
 		var waiting int
-		err := locker.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE relation = 'samples'::regclass AND NOT granted").Scan(&waiting)
+		err := locker.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND relation = 'samples'::regclass AND NOT granted").Scan(&waiting)
 		if err == nil && waiting == 0 {
 			err = fmt.Errorf("no request waiting on the lock yet")
 		}

@@ -177,7 +177,7 @@ func TestAWriteThatLandsAfterItsClientGaveUpIsRetiredAgain(t *testing.T) {
 	go func() { _, err := svc.Cached.Update(wctx, s.ID, "landed late"); updated <- err }()
 	testenv.Eventually(t, 10*time.Second, func() error {
 		var waiting int
-		err := direct.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE NOT granted").Scan(&waiting)
+		err := direct.QueryRow(ctx, waitingInThisDatabase).Scan(&waiting)
 		if err == nil && waiting == 0 {
 			err = fmt.Errorf("the update is not waiting for the row yet")
 		}
@@ -232,7 +232,7 @@ func TestAWriteWhoseClientGaveUpCannotLandAfterTheQueryTimeout(t *testing.T) {
 	}
 	locker := lockRow(t, direct, s.ID)
 	waiters := func() (n int) {
-		_ = direct.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE NOT granted").Scan(&n)
+		_ = direct.QueryRow(ctx, waitingInThisDatabase).Scan(&n)
 		return n
 	}
 	wctx, cancel := context.WithCancel(ctx)
@@ -261,6 +261,12 @@ func TestAWriteWhoseClientGaveUpCannotLandAfterTheQueryTimeout(t *testing.T) {
 		t.Errorf("the row holds %q (%v): an abandoned write landed after the query timeout", title, err)
 	}
 }
+
+// waitingInThisDatabase counts the sessions of the test's own database waiting for a lock. The
+// server is shared: other tests' sessions wait too (creating a replication slot waits for every
+// transaction running in the cluster, this test's row lock included).
+const waitingInThisDatabase = `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+	WHERE NOT l.granted AND a.datname = current_database()`
 
 // lockRow takes the row lock of sample id in a transaction of its own, so a write to that row
 // waits until the returned transaction ends (rolled back at the end of the test at the latest).
