@@ -46,28 +46,36 @@ func TestTracesShowHowEachRequestWasServed(t *testing.T) {
 	tg := setUp(t)
 	c := client{base: tg.base}
 
-	// A write retires the cached list, so the next read misses.
-	created := c.do(t, "POST", "/samples", `{"title":"traced"}`, "")
-	if created.status != 201 {
-		t.Fatalf("POST /samples: %d %s", created.status, created.body)
-	}
-	var sample struct{ ID int64 }
-	_ = json.Unmarshal([]byte(created.body), &sample)
-	t.Cleanup(func() { c.do(t, "DELETE", fmt.Sprintf("/samples/%d", sample.ID), "", "") })
-
+	// A write retires the cached list, so the next read misses and the two after it hit. The
+	// replication follower retires the same write once more from the stream, milliseconds later:
+	// if that lands inside the three reads, one of them misses or bypasses, and the sequence is
+	// tried again after another write.
 	start := time.Now()
 	c.do(t, "GET", "/healthz", "", "")
 	c.do(t, "GET", "/readyz", "", "")
-	miss := newParent()
-	if r := c.do(t, "GET", "/cache", "", miss.header()); r.xcache != "MISS" {
-		t.Fatalf("first /cache after a write: X-Cache %q, want MISS", r.xcache)
-	}
-	hit := newParent()
-	if r := c.do(t, "GET", "/cache", "", hit.header()); r.xcache != "HIT" {
-		t.Fatalf("second /cache: X-Cache %q, want HIT", r.xcache)
-	}
-	if r := c.do(t, "GET", "/cache", "", ""); r.xcache != "HIT" {
-		t.Fatalf("third /cache: X-Cache %q, want HIT", r.xcache)
+	var sample struct{ ID int64 }
+	var miss, hit traceParent
+	for attempt := 1; ; attempt++ {
+		created := c.do(t, "POST", "/samples", `{"title":"traced"}`, "")
+		if created.status != 201 {
+			t.Fatalf("POST /samples: %d %s", created.status, created.body)
+		}
+		_ = json.Unmarshal([]byte(created.body), &sample)
+		id := sample.ID
+		t.Cleanup(func() { c.do(t, "DELETE", fmt.Sprintf("/samples/%d", id), "", "") })
+		miss, hit = newParent(), newParent()
+		got := []string{c.do(t, "GET", "/cache", "", miss.header()).xcache,
+			c.do(t, "GET", "/cache", "", hit.header()).xcache, c.do(t, "GET", "/cache", "", "").xcache}
+		if got[0] != "MISS" {
+			t.Fatalf("first /cache after a write: X-Cache %q, want MISS", got[0])
+		}
+		if got[1] == "HIT" && got[2] == "HIT" {
+			break
+		}
+		if attempt == 5 {
+			t.Fatalf("/cache after a write: X-Cache %v, want MISS HIT HIT (5 attempts)", got)
+		}
+		t.Logf("attempt %d: X-Cache %v (the follower's retirement of the write landed in between); again", attempt, got)
 	}
 
 	t.Run("a miss reads server span, cache lookup, Redis GET, load, SELECT, Redis SET", func(t *testing.T) {
