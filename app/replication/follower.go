@@ -262,10 +262,7 @@ func (f *Follower) lead(ctx context.Context, lock *pgx.Conn) error {
 		if errors.As(err, &unavailable) {
 			return err
 		}
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		perr := lock.Ping(pctx)
-		cancel()
-		if perr != nil {
+		if perr := lockAlive(ctx, lock); perr != nil {
 			return fmt.Errorf("lost the leader lock's session (%v) after: %w", perr, err)
 		}
 		if time.Since(began) > time.Minute {
@@ -280,6 +277,14 @@ func (f *Follower) lead(ctx context.Context, lock *pgx.Conn) error {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// lockAlive reports whether the session holding the leader lock still answers: if it is gone,
+// the lock is free and another replica may be taking over.
+func lockAlive(ctx context.Context, lock *pgx.Conn) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return lock.Ping(ctx)
 }
 
 // classify turns the errors that retrying cannot cure into errUnavailable, naming the fix.
@@ -472,10 +477,7 @@ func (s *stream) run(ctx context.Context) error {
 			}
 			// The leader lock lives on its own session: if that session is gone, another replica
 			// may be taking over.
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := s.lock.Ping(pctx)
-			cancel()
-			if err != nil {
+			if err := lockAlive(ctx, s.lock); err != nil {
 				return fmt.Errorf("the leader lock's session is gone: %w", err)
 			}
 			nextStatus = time.Now().Add(f.opts.StatusInterval)
@@ -729,10 +731,7 @@ func (s *stream) retire(ctx context.Context, fn func(context.Context) error) err
 		if err := s.confirm(ctx); err != nil {
 			return err
 		}
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		perr := s.lock.Ping(pctx)
-		cancel()
-		if perr != nil {
+		if perr := lockAlive(ctx, s.lock); perr != nil {
 			return fmt.Errorf("the leader lock's session is gone while retrying: %w (last: %v)", perr, err)
 		}
 	}
