@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"fmt"
 	"io"
@@ -102,6 +103,7 @@ func (h *histories) of(id int64) (ops []porcupine.Operation, final []bool) {
 	_, seeded := h.initial[id]
 	add(porcupine.Operation{Input: input{Kind: opInit, Key: id, Value: value{seeded, h.initial[id]}}, Output: output{}, Call: -2, Return: -1}, false)
 
+	var reads []read
 	for n, r := range h.rec.Records {
 		client := r.Client + 1
 		switch r.Kind {
@@ -122,8 +124,8 @@ func (h *histories) of(id int64) (ops []porcupine.Operation, final []bool) {
 				tier = tierLocal
 			}
 			meta := fmt.Sprintf("%s on %s: %s %s at %s", r.Kind, procName(r.Proc), r.Cache, r.Tier, time.Duration(r.Call))
-			add(porcupine.Operation{ClientId: client, Input: input{Kind: opRead, Key: id, Proc: r.Proc, Tier: tier},
-				Output: output{Value: observed}, Call: r.Call, Return: r.Ret, Metadata: meta}, r.Final)
+			reads = append(reads, read{porcupine.Operation{ClientId: client, Input: input{Kind: opRead, Key: id, Proc: r.Proc, Tier: tier},
+				Output: output{Value: observed}, Call: r.Call, Return: r.Ret, Metadata: meta}, r.Final, 1})
 
 		case "create", "update", "delete":
 			key := r.ID
@@ -164,7 +166,98 @@ func (h *histories) of(id int64) (ops []porcupine.Operation, final []bool) {
 			}
 		}
 	}
+	for _, r := range mergeReads(dropSettledReads(ops, reads)) {
+		if r.n > 1 {
+			r.op.Metadata = fmt.Sprintf("%s, and %d more reads that overlap it", r.op.Metadata, r.n-1)
+		}
+		add(r.op, r.final)
+	}
 	return ops, final
+}
+
+// read is a read operation, or several merged into one.
+type read struct {
+	op    porcupine.Operation
+	final bool
+	n     int // how many reads it stands for
+}
+
+// dropSettledReads leaves out the reads that every order of the writes explains: a read of a
+// title whose write had returned before the read began, with no other write of the sample in
+// flight between that write's call and the read's return. In every linearization that write has
+// applied before the read, and nothing after it, so its title is the current value, which the
+// model lets every process and tier read (floors never pass the current value). Such a read
+// constrains nothing, and most reads are such reads: between bursts of writes, a sample's
+// history is thousands of them.
+func dropSettledReads(ops []porcupine.Operation, reads []read) []read {
+	var writes []porcupine.Operation
+	for _, op := range ops {
+		if k := op.Input.(input).Kind; k == opInit || k == opCreate || k == opUpdate || k == opDelete {
+			writes = append(writes, op)
+		}
+	}
+	settled := func(r read) bool {
+		v := r.op.Output.(output).Value
+		if !v.Exists {
+			return false
+		}
+		w := slices.IndexFunc(writes, func(op porcupine.Operation) bool {
+			in := op.Input.(input)
+			return in.Kind != opDelete && in.Value == v && op.Output.(output).Outcome == outcomeOK
+		})
+		if w < 0 || writes[w].Return >= r.op.Call {
+			return false
+		}
+		for i, op := range writes {
+			if i != w && op.Call <= r.op.Return && op.Return >= writes[w].Call { // ties count as overlaps
+				return false
+			}
+		}
+		return true
+	}
+	return slices.DeleteFunc(reads, settled)
+}
+
+// mergeReads merges reads that overlap in time and saw the same title through the same process
+// and tier into one read over the intersection of their intervals. A list read observes every
+// sample, and a miss storm is a hundred concurrent reads: a sample's history held thousands of
+// reads, many of them concurrent, and porcupine, which must consider every subset of concurrent
+// operations it could linearize first, left one such sample undecided after eight minutes.
+//
+// The merge neither hides a violation nor makes one. Through one process and tier, the points
+// of a linearization where a title may be read form an interval: it becomes readable when its
+// write applies, and stops being readable when that process and tier's floor passes it; floors
+// only rise, and a title is written once. Two overlapping reads placed at p1 <= p2 in a
+// linearization can therefore be replaced by one read over the intersection of their
+// intervals, placed after p1 and after every operation that had to precede the later call,
+// which is at or before p2 (every such operation returned before the earlier read ended, so
+// before every operation that had to follow it). "Absent" has no such interval (a sample is
+// absent before its create and after its delete), so those reads are kept apart.
+func mergeReads(reads []read) []read {
+	type group struct {
+		proc, tier int
+		val        value
+		final      bool
+	}
+	slices.SortStableFunc(reads, func(a, b read) int { return cmp.Compare(a.op.Call, b.op.Call) })
+	open := map[group]int{} // the merged read each group may still extend, by index in out
+	var out []read
+	for _, r := range reads {
+		in, o := r.op.Input.(input), r.op.Output.(output)
+		if !o.Value.Exists {
+			out = append(out, r)
+			continue
+		}
+		g := group{in.Proc, in.Tier, o.Value, r.final}
+		if k, ok := open[g]; ok && r.op.Call < out[k].op.Return {
+			m := &out[k]
+			m.op.Call, m.op.Return, m.n = r.op.Call, min(m.op.Return, r.op.Return), m.n+r.n
+			continue
+		}
+		open[g] = len(out)
+		out = append(out, r)
+	}
+	return out
 }
 
 // fences are the instants from which reads may no longer see what a write replaced, each with
