@@ -18,7 +18,7 @@ STATICCHECK_VERSION := v0.8.2
 ARGS ?=
 # Every Go module of the repository: the service's, and the tools' that keep their dependencies
 # out of it.
-GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tiltcheck hack/tools
+GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools
 
 .PHONY: help run test soak chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench
 
@@ -43,7 +43,7 @@ soak: ## The checked soak under faults: two services, chaos, porcupine (ARGS e.g
 chart-test: ## Helm chart and Dockerfile checks, no cluster or Docker needed (ARGS go to go test)
 	bash hack/chart-test.sh $(ARGS)
 
-ci-check: ## Workflows (actionlint), scripts (shellcheck), Tiltfile, k8s/ manifests and versions; no cluster needed
+ci-check: ## Workflows (actionlint), scripts (shellcheck), k8s/ manifests, the kind config and versions; no cluster needed
 	bash hack/ci-check.sh
 
 kind-up: ## Local kind cluster and registry for Tilt (needs Docker)
@@ -70,8 +70,7 @@ lint: ## gofmt, go mod tidy -diff in every module, go vet, staticcheck, shellche
 	@$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 	@echo '==> go vet and staticcheck in the tool modules'
 	@(cd charts/tests && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
-	@(cd hack/tools && $(GO) vet ./k8sjsonschema && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./k8sjsonschema)
-	@(cd hack/tiltcheck && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
+	@(cd hack/tools && $(GO) vet ./k8sjsonschema ./kindconfig && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./k8sjsonschema ./kindconfig)
 	@for m in hack/soak hack/loadtest; do \
 		(cd $$m && GOWORK=off $(GO) vet ./... && GOWORK=off $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...) || exit 1; \
 	done
