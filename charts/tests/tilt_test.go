@@ -128,3 +128,21 @@ func TestTheChartRendersAsTheTiltfileNeedsIt(t *testing.T) {
 		})
 	}
 }
+
+// The restart wrapper of Tilt's restart_process extension watches a file that docker_build_with_restart
+// creates in the image; a volume the chart mounts over that file's directory hides it, and the wrapper
+// exits at start with nothing to watch.
+func TestTheTiltRestartFileIsNotHiddenByAVolume(t *testing.T) {
+	// The extension's default at the commit the Tiltfile pins, unless the Tiltfile sets restart_file.
+	restartFile := "/tmp/.restart-proc"
+	if m := regexp.MustCompile(`(?m)^\s*restart_file\s*=\s*'([^']+)'`).FindSubmatch(mustRead(t, "../../Tiltfile")); m != nil {
+		restartFile = string(m[1])
+	}
+	objs, _ := renderForTilt(t)
+	d := only(t, manifest{Objects: objs}, func(d *appsv1.Deployment) bool { return d.Name == tiltRelease })
+	for _, vm := range container(t, d.Spec.Template.Spec, "cacheside").VolumeMounts {
+		if dir := strings.TrimSuffix(vm.MountPath, "/") + "/"; strings.HasPrefix(restartFile, dir) {
+			t.Errorf("the Tiltfile's restart file %s is under volume %s, mounted on %s: the image's file is hidden", restartFile, vm.Name, vm.MountPath)
+		}
+	}
+}
