@@ -1,7 +1,9 @@
 // Tools for the chart, the image and the Kubernetes dev loop, pinned here and built with
 // `go build -o .run/bin/ tool ./k8sjsonschema` (hack/chart-test.sh, hack/helm.sh, hack/ci-check.sh,
 // hack/kind-up.sh, the Tiltfile): helm, kubeconform, helm-docs, kind, kustomize, actionlint, and
-// k8sjsonschema, which writes kubeconform's schemas offline. Kept out of the service's
+// k8sjsonschema, which writes kubeconform's schemas offline. The kindconfig and workflows packages are tests
+// (run by hack/ci-check.sh) that check k8s/kind and .github/workflows with kind's and actionlint's own code.
+// Kept out of the service's
 // go.mod so it stays free of Helm and Kubernetes. k8s.io/api's version also picks the Kubernetes
 // version the chart is validated against (v0.X.Y is Kubernetes v1.X.Y).
 module github.com/cacheside/cacheside/hack/tools
@@ -19,6 +21,7 @@ tool (
 
 require (
 	github.com/pelletier/go-toml v1.9.5
+	github.com/rhysd/actionlint v1.7.12
 	go.yaml.in/yaml/v3 v3.0.5
 	sigs.k8s.io/kind v0.33.0
 	sigs.k8s.io/yaml v1.6.0
@@ -116,7 +119,6 @@ require (
 	github.com/prometheus/client_model v0.6.2 // indirect
 	github.com/prometheus/common v0.70.0 // indirect
 	github.com/prometheus/procfs v0.21.1 // indirect
-	github.com/rhysd/actionlint v1.7.12 // indirect
 	github.com/robfig/cron/v3 v3.0.1 // indirect
 	github.com/rubenv/sql-migrate v1.8.1 // indirect
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect
