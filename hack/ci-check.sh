@@ -6,7 +6,8 @@
 #   2. actionlint on .github/workflows (it runs shellcheck on their scripts too), every action pinned by a
 #      full commit SHA with its version in a comment, and Dependabot's directories existing; then, on
 #      actionlint's syntax tree (go test in hack/tools/workflows), that release.yml publishes only after calling
-#      ci.yml and that no two CI jobs save the same cache;
+#      ci.yml and that no two CI jobs save the same cache, and that Dependabot proposes no Postgres or Redis
+#      major and does not look up the image built here;
 #   3. k8s/: `kustomize build k8s/observability`, k8s/namespace.yaml, and the chart rendered with
 #      k8s/values/kind.yaml (CI's end-to-end install) and with tilt.yaml on top (the Tiltfile's), all through
 #      kubeconform -strict against Kubernetes' own schemas, generated offline; helm lint --strict on both;
@@ -124,7 +125,7 @@ dependabot_dirs() {
 check "actionlint .github/workflows" "$bin/actionlint"
 check "actions pinned by commit SHA" actions_pinned
 check "dependabot directories" dependabot_dirs
-check "release gated on CI, one cache per job (go test in hack/tools/workflows)" \
+check "release gated on CI, one cache per job, Dependabot's ignores (go test in hack/tools/workflows)" \
 	bash -c 'cd hack/tools && go vet ./workflows && go test -count=1 ./workflows'
 
 # --- 3. manifests ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/rhysd/actionlint"
+	"go.yaml.in/yaml/v3"
 )
 
 var dir = filepath.Join("..", "..", "..", ".github", "workflows")
@@ -117,4 +118,78 @@ func names(ss []*actionlint.String) []string {
 		out = append(out, s.Value)
 	}
 	return out
+}
+
+// dependabotUpdate is one entry of .github/dependabot.yml's updates, the fields this test reads.
+type dependabotUpdate struct {
+	Ecosystem   string   `yaml:"package-ecosystem"`
+	Directories []string `yaml:"directories"`
+	Ignore      []struct {
+		Name        string   `yaml:"dependency-name"`
+		UpdateTypes []string `yaml:"update-types"`
+	} `yaml:"ignore"`
+}
+
+// The docker entry of .github/dependabot.yml watches the Helm values. A major version of the bundled Postgres
+// needs pg_upgrade (merging the bump breaks every existing volume), a Redis major can change its on-disk
+// formats; and the chart's own image is built here, so there is nothing upstream to look it up in.
+func TestDependabotProposesNoDataStoreMajorAndSkipsTheImageBuiltHere(t *testing.T) {
+	var cfg struct {
+		Updates []dependabotUpdate `yaml:"updates"`
+	}
+	if err := yaml.Unmarshal(mustRead(t, filepath.Join(dir, "..", "dependabot.yml")), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(cfg.Updates, func(u dependabotUpdate) bool { return u.Ecosystem == "docker" })
+	if i < 0 {
+		t.Fatal("no docker entry in .github/dependabot.yml")
+	}
+	docker := cfg.Updates[i]
+	// ignored reports whether the entry ignores these update types of an image (all of them if none given).
+	ignored := func(image, updateType string) bool {
+		for _, ig := range docker.Ignore {
+			if ig.Name == image && (len(ig.UpdateTypes) == 0 || slices.Contains(ig.UpdateTypes, updateType)) {
+				return true
+			}
+		}
+		return false
+	}
+
+	charts := filepath.Join("..", "..", "..", "charts", "cacheside")
+	for _, sub := range []string{"postgresql", "redis"} {
+		image := imageRepository(t, filepath.Join(charts, "charts", sub, "values.yaml"))
+		if !slices.Contains(docker.Directories, "/charts/cacheside/charts/"+sub) {
+			continue
+		}
+		if !ignored(image, "version-update:semver-major") {
+			t.Errorf("dependabot.yml: the docker entry would propose %s majors for the bundled %s: ignore version-update:semver-major for %q", image, sub, image)
+		}
+	}
+	own := imageRepository(t, filepath.Join(charts, "values.yaml"))
+	if slices.Contains(docker.Directories, "/charts/cacheside") && !ignored(own, "version-update:semver-patch") {
+		t.Errorf("dependabot.yml: the docker entry looks up %q upstream, but this repository builds that image: ignore it", own)
+	}
+}
+
+// imageRepository reads image.repository from a values file.
+func imageRepository(t *testing.T, path string) string {
+	t.Helper()
+	var v struct {
+		Image struct {
+			Repository string `yaml:"repository"`
+		} `yaml:"image"`
+	}
+	if err := yaml.Unmarshal(mustRead(t, path), &v); err != nil || v.Image.Repository == "" {
+		t.Fatalf("%s: no image.repository (%v)", path, err)
+	}
+	return v.Image.Repository
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
