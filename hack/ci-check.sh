@@ -4,19 +4,25 @@
 #
 #   1. shellcheck on hack/*.sh and .ci/run (installed with apt-get when missing and root);
 #   2. actionlint on .github/workflows (it runs shellcheck on their scripts too), every action pinned by a
-#      full commit SHA with its version in a comment, and Dependabot's directories existing;
+#      full commit SHA with its version in a comment, and Dependabot's directories existing; then, on
+#      actionlint's syntax tree (go test in hack/tools/workflows), that release.yml publishes only after calling
+#      ci.yml and that no two CI jobs save the same cache, and that Dependabot proposes no Postgres or Redis
+#      major and does not look up the image built here;
 #   3. k8s/: `kustomize build k8s/observability`, k8s/namespace.yaml, and the chart rendered with
 #      k8s/values/kind.yaml (CI's end-to-end install) and with tilt.yaml on top (the Tiltfile's), all through
 #      kubeconform -strict against Kubernetes' own schemas, generated offline; helm lint --strict on both;
 #   4. the Jaeger and OpenTelemetry Collector configs validated by the Jaeger that hack/jaeger.sh builds (a
 #      collector distribution of the same release as the images), and the images kept in step with it;
-#   5. the Tiltfile (hack/tiltcheck, after its own tests), with the near-cache off and on, and the kind
-#      cluster config decoded strictly with the pinned kind's types;
+#   5. k8s/kind/cluster.yaml decoded strictly with the types of the kind that hack/kind-up.sh builds (go test in
+#      hack/tools/kindconfig);
 #   6. hack/versions.env against hack/tools/go.mod: the kind node image is the pinned kind's default, kubectl
-#      within one minor version of it, and hack/tiltcheck on the same kind.
+#      within one minor version of it.
 #
-# Tools are built from hack/tools (and hack/tiltcheck) into .run/bin like hack/chart-test.sh does; on a warm Go
-# cache this takes seconds. Every check runs; the script fails at the end if any did.
+# The Tiltfile itself is tested by running it: CI's `tilt ci` job on kind. What it renders, the chart with
+# k8s/values/kind.yaml and tilt.yaml, is checked in 3 and in charts/tests (hack/chart-test.sh).
+#
+# Tools are built from hack/tools into .run/bin like hack/chart-test.sh does; on a warm Go cache this takes
+# seconds. Every check runs; the script fails at the end if any did.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,7 +50,7 @@ check() {
 	fi
 }
 
-log "building actionlint, kubeconform, kustomize, helm, k8sjsonschema and tiltcheck into .run/bin"
+log "building actionlint, kubeconform, kustomize, helm and k8sjsonschema into .run/bin"
 mkdir -p "$bin"
 (cd hack/tools && go build -o "$bin/" \
 	github.com/rhysd/actionlint/cmd/actionlint \
@@ -52,7 +58,6 @@ mkdir -p "$bin"
 	sigs.k8s.io/kustomize/kustomize/v5 \
 	helm.sh/helm/v4/cmd/helm \
 	./k8sjsonschema)
-(cd hack/tiltcheck && go build -o "$bin/tiltcheck" .)
 
 # --- 1. shellcheck ---------------------------------------------------------------------------------------------
 
@@ -120,6 +125,8 @@ dependabot_dirs() {
 check "actionlint .github/workflows" "$bin/actionlint"
 check "actions pinned by commit SHA" actions_pinned
 check "dependabot directories" dependabot_dirs
+check "release gated on CI, one cache per job, Dependabot's ignores (go test in hack/tools/workflows)" \
+	bash -c 'cd hack/tools && go vet ./workflows && go test -count=1 ./workflows'
 
 # --- 3. manifests ----------------------------------------------------------------------------------------------
 
@@ -197,14 +204,10 @@ observability_configs() {
 }
 check "Jaeger and collector configs (jaeger validate), image versions" observability_configs
 
-# --- 5. Tiltfile -----------------------------------------------------------------------------------------------
+# --- 5. kind cluster config -----------------------------------------------------------------------------------
 
-tiltfile() {
-	(cd hack/tiltcheck && go mod tidy -diff && go vet ./... && go test ./...) &&
-		"$bin/tiltcheck" -helm "$bin/helm" -kustomize "$bin/kustomize" -kind-config k8s/kind/cluster.yaml Tiltfile &&
-		"$bin/tiltcheck" -helm "$bin/helm" -kustomize "$bin/kustomize" -config near-cache=true Tiltfile
-}
-check "Tiltfile (hack/tiltcheck)" tiltfile
+check "kind cluster config (go test in hack/tools/kindconfig)" \
+	bash -c 'cd hack/tools && go vet ./kindconfig && go test -count=1 ./kindconfig'
 
 # --- 6. versions -----------------------------------------------------------------------------------------------
 
@@ -214,14 +217,6 @@ versions() {
 	default=$(sed -n 's/^const Image = "\(.*\)"$/\1/p' "$kind_dir/pkg/apis/config/defaults/image.go")
 	if [[ $KIND_NODE_IMAGE != "$default" ]]; then
 		echo "hack/versions.env: KIND_NODE_IMAGE=$KIND_NODE_IMAGE, but the kind of hack/tools/go.mod defaults to $default: use that (and move KUBECTL_VERSION along)" >&2
-		ok=1
-	fi
-	# hack/tiltcheck decodes k8s/kind/cluster.yaml with kind's types: the same kind.
-	local tools_kind tiltcheck_kind
-	tools_kind=$(cd hack/tools && go list -m -f '{{.Version}}' sigs.k8s.io/kind)
-	tiltcheck_kind=$(cd hack/tiltcheck && go list -m -f '{{.Version}}' sigs.k8s.io/kind)
-	if [[ $tools_kind != "$tiltcheck_kind" ]]; then
-		echo "sigs.k8s.io/kind is $tools_kind in hack/tools/go.mod but $tiltcheck_kind in hack/tiltcheck/go.mod: keep them equal" >&2
 		ok=1
 	fi
 	node_minor=$(cut -d. -f2 <<<"$node_version")

@@ -1,7 +1,9 @@
 // Tools for the chart, the image and the Kubernetes dev loop, pinned here and built with
 // `go build -o .run/bin/ tool ./k8sjsonschema` (hack/chart-test.sh, hack/helm.sh, hack/ci-check.sh,
 // hack/kind-up.sh, the Tiltfile): helm, kubeconform, helm-docs, kind, kustomize, actionlint, and
-// k8sjsonschema, which writes kubeconform's schemas offline. Kept out of the service's
+// k8sjsonschema, which writes kubeconform's schemas offline. The kindconfig and workflows packages are tests
+// (run by hack/ci-check.sh) that check k8s/kind and .github/workflows with kind's and actionlint's own code.
+// Kept out of the service's
 // go.mod so it stays free of Helm and Kubernetes. k8s.io/api's version also picks the Kubernetes
 // version the chart is validated against (v0.X.Y is Kubernetes v1.X.Y).
 module github.com/cacheside/cacheside/hack/tools
@@ -17,7 +19,13 @@ tool (
 	sigs.k8s.io/kustomize/kustomize/v5
 )
 
-require sigs.k8s.io/yaml v1.6.0
+require (
+	github.com/pelletier/go-toml v1.9.5
+	github.com/rhysd/actionlint v1.7.12
+	go.yaml.in/yaml/v3 v3.0.5
+	sigs.k8s.io/kind v0.33.0
+	sigs.k8s.io/yaml v1.6.0
+)
 
 require (
 	al.essio.dev/pkg/shellescape v1.5.1 // indirect
@@ -103,7 +111,6 @@ require (
 	github.com/norwoodj/helm-docs v1.14.2 // indirect
 	github.com/opencontainers/go-digest v1.0.0 // indirect
 	github.com/opencontainers/image-spec v1.1.1 // indirect
-	github.com/pelletier/go-toml v1.9.5 // indirect
 	github.com/pelletier/go-toml/v2 v2.0.8 // indirect
 	github.com/peterbourgon/diskv v2.0.1+incompatible // indirect
 	github.com/pkg/errors v0.9.1 // indirect
@@ -112,7 +119,6 @@ require (
 	github.com/prometheus/client_model v0.6.2 // indirect
 	github.com/prometheus/common v0.70.0 // indirect
 	github.com/prometheus/procfs v0.21.1 // indirect
-	github.com/rhysd/actionlint v1.7.12 // indirect
 	github.com/robfig/cron/v3 v3.0.1 // indirect
 	github.com/rubenv/sql-migrate v1.8.1 // indirect
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect
@@ -134,7 +140,6 @@ require (
 	github.com/yannh/kubeconform v0.8.0 // indirect
 	go.opentelemetry.io/proto/otlp v1.11.0 // indirect
 	go.yaml.in/yaml/v2 v2.4.4 // indirect
-	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	go.yaml.in/yaml/v4 v4.0.0-rc.3 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
@@ -168,7 +173,6 @@ require (
 	oras.land/oras-go/v2 v2.6.2 // indirect
 	sigs.k8s.io/controller-runtime v0.25.2 // indirect
 	sigs.k8s.io/json v0.0.0-20250730193827-2d320260d730 // indirect
-	sigs.k8s.io/kind v0.33.0 // indirect
 	sigs.k8s.io/kustomize/api v0.21.2 // indirect
 	sigs.k8s.io/kustomize/cmd/config v0.21.2 // indirect
 	sigs.k8s.io/kustomize/kustomize/v5 v5.8.2 // indirect
