@@ -265,8 +265,18 @@ valueFrom:
 {{- end }}
 {{- end }}
 
-{{/* The OTLP endpoint's port, for the NetworkPolicy: explicit, else the protocol's default. */}}
+{{/*
+The port the OTel SDK dials for the OTLP endpoint, for the NetworkPolicy: the URL's own, else for grpc
+the gRPC resolver's default 443 whatever the scheme (otlptracegrpc hands the URL's host to
+grpc.NewClient), and for http/protobuf the scheme's (80 for http, 443 for https). Not the collector's
+customary 4317/4318: an endpoint without a port is never dialled there.
+*/}}
 {{- define "cacheside.otlpPort" -}}
-{{- $host := (urlParse .Values.otel.endpoint).host }}
-{{- if contains ":" $host }}{{ last (splitList ":" $host) }}{{ else if eq .Values.otel.protocol "grpc" }}4317{{ else }}4318{{ end }}
+{{- $url := urlParse .Values.otel.endpoint }}
+{{- $hostPort := regexReplaceAll "^\\[[^\\]]*\\]" $url.host "" }}
+{{- if contains ":" $hostPort }}{{ last (splitList ":" $hostPort) }}
+{{- else if eq .Values.otel.protocol "grpc" }}443
+{{- else if eq $url.scheme "https" }}443
+{{- else }}80
+{{- end }}
 {{- end }}
