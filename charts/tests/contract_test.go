@@ -202,22 +202,65 @@ func TestOTelResourceAttributesComeFromTheDownwardAPI(t *testing.T) {
 }
 
 func TestTheGoRuntimeFollowsTheContainerLimits(t *testing.T) {
-	m := render(t, "")
-	for owner, c := range appContainers(t, m) {
-		got := map[string]string{}
-		for _, e := range c.Env {
-			if e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil {
-				got[e.Name] = e.ValueFrom.ResourceFieldRef.Resource
-			}
-		}
-		want := map[string]string{"GOMAXPROCS": "limits.cpu", "GOMEMLIMIT": "limits.memory"}
-		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("%s: resourceFieldRef variables (-want +got):\n%s", owner, diff)
-		}
-		if c.Resources.Limits.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
-			t.Errorf("%s: without limits GOMAXPROCS/GOMEMLIMIT would be the node's capacity", owner)
+	for _, file := range append([]string{""}, ciValuesFiles(t)...) {
+		m := render(t, file)
+		for owner, c := range appContainers(t, m) {
+			t.Run(fmt.Sprintf("%s: the %s's GOMAXPROCS is its CPU limit", cmpOr(file, "defaults"), owner), func(t *testing.T) {
+				got := map[string]string{}
+				for _, e := range c.Env {
+					if e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil {
+						got[e.Name] = e.ValueFrom.ResourceFieldRef.Resource
+					}
+				}
+				if diff := cmp.Diff(map[string]string{"GOMAXPROCS": "limits.cpu"}, got); diff != "" {
+					t.Errorf("resourceFieldRef variables (-want +got):\n%s", diff)
+				}
+				if c.Resources.Limits.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
+					t.Errorf("without limits GOMAXPROCS/GOMEMLIMIT would be the node's capacity")
+				}
+			})
+			// The Go heap is not all of a process's memory (goroutine stacks, the runtime's own
+			// structures): a soft limit at 100 % of the container's leaves the GC no room
+			// before the OOM killer.
+			t.Run(fmt.Sprintf("%s: the %s's GOMEMLIMIT leaves about 10 %% of its memory limit to non-heap memory", cmpOr(file, "defaults"), owner), func(t *testing.T) {
+				limit := c.Resources.Limits.Memory().Value()
+				var value string
+				for _, e := range c.Env {
+					if e.Name == "GOMEMLIMIT" {
+						value = e.Value
+					}
+				}
+				got, err := goMemLimitBytes(value)
+				if err != nil {
+					t.Fatalf("GOMEMLIMIT %q: %v", value, err)
+				}
+				if ratio := float64(got) / float64(limit); ratio < 0.85 || ratio > 0.92 {
+					t.Errorf("GOMEMLIMIT = %d bytes, %.0f%% of the %d-byte limit, want about 90%%", got, ratio*100, limit)
+				}
+			})
 		}
 	}
+}
+
+// goMemLimitBytes parses GOMEMLIMIT as the Go runtime does: a number of bytes with an optional B, KiB,
+// MiB, GiB or TiB suffix.
+func goMemLimitBytes(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		factor int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+	factor := int64(1)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, factor = n, u.factor
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("not a positive number of bytes")
+	}
+	return n * factor, nil
 }
 
 func TestTheSchemaCoversExactlyTheServiceSettingsTheChartDoesNotSetItself(t *testing.T) {

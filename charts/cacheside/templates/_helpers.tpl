@@ -130,17 +130,17 @@ Secret through $(VAR) expansion, so the password var must come first.
   {{- end }}
   value: {{ join "," $attrs | quote }}
 {{- end }}
-# The Go runtime follows the container's limits.
+# The Go runtime follows the container's limits: all of its CPUs, 90 % of its memory (the rest is for
+# what the heap's soft limit does not count: stacks, the runtime's own, the kernel's page cache of the pod).
 - name: GOMAXPROCS
   valueFrom:
     resourceFieldRef:
       resource: limits.cpu
       divisor: "1"
+{{- with include "cacheside.goMemLimit" . }}
 - name: GOMEMLIMIT
-  valueFrom:
-    resourceFieldRef:
-      resource: limits.memory
-      divisor: "1"
+  value: {{ . | quote }}
+{{- end }}
 {{- include "cacheside.databaseEnv" . }}
 {{- include "cacheside.redisEnv" . }}
 {{- end }}
@@ -279,4 +279,27 @@ customary 4317/4318: an endpoint without a port is never dialled there.
 {{- else if eq $url.scheme "https" }}443
 {{- else }}80
 {{- end }}
+{{- end }}
+
+{{/*
+GOMEMLIMIT in bytes: 90 % of the container's memory limit, empty without one. A resourceFieldRef can only
+give 100 %. The env helper is shared, so the limit is the migration Job's when its template renders it.
+*/}}
+{{- define "cacheside.goMemLimit" -}}
+{{- $resources := ternary .Values.migration.resources .Values.resources (contains "migrat" .Template.Name) }}
+{{- with ($resources.limits | default dict).memory }}
+{{- mulf (include "cacheside.quantityBytes" .) 0.9 | floor | int64 }}
+{{- end }}
+{{- end }}
+
+{{/* A Kubernetes memory quantity (256Mi, 1G, 268435456, 2.5e8) in bytes. */}}
+{{- define "cacheside.quantityBytes" -}}
+{{- $q := toString . }}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?([eE][-+]?[0-9]+)?" $q }}
+{{- $unit := trimPrefix $number $q }}
+{{- if or (not $number) (not (hasKey $units $unit)) }}
+{{- fail (printf "resources.limits.memory %q: use a quantity such as 256Mi or 1Gi" $q) }}
+{{- end }}
+{{- mulf (float64 $number) (get $units $unit) }}
 {{- end }}
