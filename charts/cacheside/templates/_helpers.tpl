@@ -26,6 +26,9 @@ helm.sh/chart: {{ include "cacheside.chart" . }}
 {{ include "cacheside.selectorLabels" . }}
 app.kubernetes.io/version: {{ include "cacheside.imageTag" . | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "cacheside.selectorLabels" -}}
@@ -52,7 +55,29 @@ app.kubernetes.io/component: server
 {{- end }}
 
 {{- define "cacheside.image" -}}
-{{- printf "%s:%s" .Values.image.repository (include "cacheside.imageTag" .) }}
+{{- include "cacheside.imageRef" (dict "image" .Values.image "tag" (include "cacheside.imageTag" .) "global" .Values.global) }}
+{{- end }}
+
+{{/* An image reference: global.imageRegistry in front of the repository, the digest (which pins it) after the tag. */}}
+{{- define "cacheside.imageRef" -}}
+{{- $repository := .image.repository }}
+{{- with (.global | default dict).imageRegistry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
+{{- printf "%s:%s" $repository .tag }}
+{{- with .image.digest }}@{{ . }}{{ end }}
+{{- end }}
+
+{{/* Pull secrets of the release's pods: global.imagePullSecrets (names or {name: …}) and the chart's own. */}}
+{{- define "cacheside.imagePullSecrets" -}}
+{{- $secrets := list }}
+{{- range concat ((.Values.global | default dict).imagePullSecrets | default list) (.Values.imagePullSecrets | default list) }}
+{{- $secret := ternary (dict "name" .) . (kindIs "string" .) }}
+{{- if not (has $secret $secrets) }}
+{{- $secrets = append $secrets $secret }}
+{{- end }}
+{{- end }}
+{{- with $secrets }}{{ toYaml . }}{{ end }}
 {{- end }}
 
 {{- define "cacheside.terminationGracePeriodSeconds" -}}
@@ -109,6 +134,24 @@ chart: a URL comes whole from a Secret (secretKeyRef), or is composed by the kub
 Secret through $(VAR) expansion, so the password var must come first.
 */}}
 {{- define "cacheside.env" -}}
+{{- $extra := .Values.extraEnv | default list }}
+{{- $overridden := dict }}
+{{- range $extra }}{{ $_ := set $overridden .name true }}{{ end }}
+{{- range include "cacheside.chartEnv" . | fromYamlArray }}
+{{- if not (hasKey $overridden .name) }}
+- {{ toYaml . | nindent 2 | trim }}
+{{- end }}
+{{- end }}
+{{- with $extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The variables the chart sets itself. extraEnv comes after them (so its values may expand them) and replaces
+any of the same name.
+*/}}
+{{- define "cacheside.chartEnv" -}}
 {{- if .Values.otel.enabled }}
 # Downward API, only for the $(…) expansion in OTEL_RESOURCE_ATTRIBUTES below.
 - name: K8S_POD_NAME
