@@ -284,6 +284,36 @@ func TestTheGoRuntimeFollowsTheContainerLimits(t *testing.T) {
 	}
 }
 
+func TestGOMEMLIMITReadsEveryFormOfMemoryLimit(t *testing.T) {
+	for limit, want := range map[string]int64{
+		"256Mi":     241591910,  // 0.9 × 268435456
+		"1.5Gi":     1449551462, // 0.9 × 1610612736
+		"500M":      450000000,
+		"268435456": 241591910,
+	} {
+		t.Run(limit, func(t *testing.T) {
+			m := render(t, "", "resources.limits.memory="+limit)
+			for _, e := range container(t, appDeployment(t, m).Spec.Template.Spec, "cacheside").Env {
+				if e.Name == "GOMEMLIMIT" {
+					if got, err := goMemLimitBytes(e.Value); err != nil || got != want {
+						t.Errorf("GOMEMLIMIT = %q, want %d", e.Value, want)
+					}
+					return
+				}
+			}
+			t.Error("no GOMEMLIMIT")
+		})
+	}
+	t.Run("no memory limit, no GOMEMLIMIT", func(t *testing.T) {
+		m := render(t, "", "resources.limits.memory=null")
+		for _, e := range container(t, appDeployment(t, m).Spec.Template.Spec, "cacheside").Env {
+			if e.Name == "GOMEMLIMIT" {
+				t.Errorf("GOMEMLIMIT = %q without a memory limit", e.Value)
+			}
+		}
+	})
+}
+
 // goMemLimitBytes parses GOMEMLIMIT as the Go runtime does: a number of bytes with an optional B, KiB,
 // MiB, GiB or TiB suffix.
 func goMemLimitBytes(s string) (int64, error) {
