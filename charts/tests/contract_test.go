@@ -54,22 +54,63 @@ func appContainers(t *testing.T, m manifest) map[string]corev1.Container {
 	return out
 }
 
-// envNames returns the names a container sets, envFrom's first, in the order the kubelet resolves them.
-func envNames(t *testing.T, m manifest, c corev1.Container) []string {
+// userEnv is what a values file adds to the containers' environment through the escape hatches
+// (extraEnv, extraEnvFrom): the user's business, outside the chart's contract with the service.
+type userEnv struct {
+	names   map[string]bool // extraEnv names
+	sources map[string]bool // extraEnvFrom ConfigMap and Secret names
+}
+
+func userEnvOf(t *testing.T, file string) userEnv {
 	t.Helper()
-	names := envFromNames(t, m, c)
+	u := userEnv{names: map[string]bool{}, sources: map[string]bool{}}
+	if file == "" {
+		return u
+	}
+	vals, err := common.ReadValuesFile(valuesPath(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list, ok := vals["extraEnv"].([]any); ok {
+		for _, e := range list {
+			if e, ok := e.(map[string]any); ok {
+				u.names[fmt.Sprint(e["name"])] = true
+			}
+		}
+	}
+	if list, ok := vals["extraEnvFrom"].([]any); ok {
+		for _, e := range list {
+			e, _ := e.(map[string]any)
+			for _, kind := range []string{"configMapRef", "secretRef"} {
+				if ref, ok := e[kind].(map[string]any); ok {
+					u.sources[fmt.Sprint(ref["name"])] = true
+				}
+			}
+		}
+	}
+	return u
+}
+
+// envNames returns the names the chart sets in a container, envFrom's first, in the order the kubelet
+// resolves them; what the values add through extraEnv and extraEnvFrom is left out.
+func envNames(t *testing.T, m manifest, c corev1.Container, user userEnv) []string {
+	t.Helper()
+	names := envFromNames(t, m, c, user)
 	for _, e := range c.Env {
-		names = append(names, e.Name)
+		if !user.names[e.Name] {
+			names = append(names, e.Name)
+		}
 	}
 	return names
 }
 
-// envFromNames resolves a container's envFrom against the rendered ConfigMaps.
-func envFromNames(t *testing.T, m manifest, c corev1.Container) []string {
+// envFromNames resolves a container's envFrom against the rendered ConfigMaps, leaving out the values' extraEnvFrom.
+func envFromNames(t *testing.T, m manifest, c corev1.Container, user userEnv) []string {
 	t.Helper()
 	var names []string
 	for _, ef := range c.EnvFrom {
 		switch {
+		case ef.ConfigMapRef != nil && user.sources[ef.ConfigMapRef.Name], ef.SecretRef != nil && user.sources[ef.SecretRef.Name]:
 		case ef.ConfigMapRef != nil:
 			cm := only(t, m, func(o *corev1.ConfigMap) bool { return o.Name == ef.ConfigMapRef.Name })
 			names = append(names, slices.Sorted(maps.Keys(cm.Data))...)
@@ -94,10 +135,11 @@ func TestAppContainersSetOnlyVariablesTheServiceReads(t *testing.T) {
 
 	for _, file := range ciValuesFiles(t) {
 		m := render(t, file)
+		user := userEnvOf(t, file)
 		for owner, c := range appContainers(t, m) {
 			t.Run(fmt.Sprintf("%s: the %s sets no variable the service does not read", file, owner), func(t *testing.T) {
 				var unknown []string
-				for _, name := range envNames(t, m, c) {
+				for _, name := range envNames(t, m, c, user) {
 					if !known[name] && !strings.HasPrefix(name, "OTEL_") && runtimeVars[name] == "" && expansionHelpers[name] == "" {
 						unknown = append(unknown, name)
 					}
@@ -107,7 +149,7 @@ func TestAppContainersSetOnlyVariablesTheServiceReads(t *testing.T) {
 				}
 			})
 			t.Run(fmt.Sprintf("%s: the %s sets every required variable once", file, owner), func(t *testing.T) {
-				names := envNames(t, m, c)
+				names := envNames(t, m, c, user)
 				for _, name := range required {
 					if !slices.Contains(names, name) {
 						t.Errorf("required %s is not set", name)
@@ -124,7 +166,7 @@ func TestAppContainersSetOnlyVariablesTheServiceReads(t *testing.T) {
 			})
 			t.Run(fmt.Sprintf("%s: the %s expands only variables defined before, and helpers only through expansion", file, owner), func(t *testing.T) {
 				defined := map[string]bool{}
-				for _, name := range envFromNames(t, m, c) {
+				for _, name := range envFromNames(t, m, c, user) {
 					defined[name] = true
 				}
 				used := map[string]bool{}
@@ -202,22 +244,95 @@ func TestOTelResourceAttributesComeFromTheDownwardAPI(t *testing.T) {
 }
 
 func TestTheGoRuntimeFollowsTheContainerLimits(t *testing.T) {
-	m := render(t, "")
-	for owner, c := range appContainers(t, m) {
-		got := map[string]string{}
-		for _, e := range c.Env {
-			if e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil {
-				got[e.Name] = e.ValueFrom.ResourceFieldRef.Resource
-			}
-		}
-		want := map[string]string{"GOMAXPROCS": "limits.cpu", "GOMEMLIMIT": "limits.memory"}
-		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("%s: resourceFieldRef variables (-want +got):\n%s", owner, diff)
-		}
-		if c.Resources.Limits.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
-			t.Errorf("%s: without limits GOMAXPROCS/GOMEMLIMIT would be the node's capacity", owner)
+	for _, file := range append([]string{""}, ciValuesFiles(t)...) {
+		m := render(t, file)
+		for owner, c := range appContainers(t, m) {
+			t.Run(fmt.Sprintf("%s: the %s's GOMAXPROCS is its CPU limit", cmpOr(file, "defaults"), owner), func(t *testing.T) {
+				got := map[string]string{}
+				for _, e := range c.Env {
+					if e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil {
+						got[e.Name] = e.ValueFrom.ResourceFieldRef.Resource
+					}
+				}
+				if diff := cmp.Diff(map[string]string{"GOMAXPROCS": "limits.cpu"}, got); diff != "" {
+					t.Errorf("resourceFieldRef variables (-want +got):\n%s", diff)
+				}
+				if c.Resources.Limits.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
+					t.Errorf("without limits GOMAXPROCS/GOMEMLIMIT would be the node's capacity")
+				}
+			})
+			// The Go heap is not all of a process's memory (goroutine stacks, the runtime's own
+			// structures): a soft limit at 100 % of the container's leaves the GC no room
+			// before the OOM killer.
+			t.Run(fmt.Sprintf("%s: the %s's GOMEMLIMIT leaves about 10 %% of its memory limit to non-heap memory", cmpOr(file, "defaults"), owner), func(t *testing.T) {
+				limit := c.Resources.Limits.Memory().Value()
+				var value string
+				for _, e := range c.Env {
+					if e.Name == "GOMEMLIMIT" {
+						value = e.Value
+					}
+				}
+				got, err := goMemLimitBytes(value)
+				if err != nil {
+					t.Fatalf("GOMEMLIMIT %q: %v", value, err)
+				}
+				if ratio := float64(got) / float64(limit); ratio < 0.85 || ratio > 0.92 {
+					t.Errorf("GOMEMLIMIT = %d bytes, %.0f%% of the %d-byte limit, want about 90%%", got, ratio*100, limit)
+				}
+			})
 		}
 	}
+}
+
+func TestGOMEMLIMITReadsEveryFormOfMemoryLimit(t *testing.T) {
+	for limit, want := range map[string]int64{
+		"256Mi":     241591910,  // 0.9 × 268435456
+		"1.5Gi":     1449551462, // 0.9 × 1610612736
+		"500M":      450000000,
+		"268435456": 241591910,
+	} {
+		t.Run(limit, func(t *testing.T) {
+			m := render(t, "", "resources.limits.memory="+limit)
+			for _, e := range container(t, appDeployment(t, m).Spec.Template.Spec, "cacheside").Env {
+				if e.Name == "GOMEMLIMIT" {
+					if got, err := goMemLimitBytes(e.Value); err != nil || got != want {
+						t.Errorf("GOMEMLIMIT = %q, want %d", e.Value, want)
+					}
+					return
+				}
+			}
+			t.Error("no GOMEMLIMIT")
+		})
+	}
+	t.Run("no memory limit, no GOMEMLIMIT", func(t *testing.T) {
+		m := render(t, "", "resources.limits.memory=null")
+		for _, e := range container(t, appDeployment(t, m).Spec.Template.Spec, "cacheside").Env {
+			if e.Name == "GOMEMLIMIT" {
+				t.Errorf("GOMEMLIMIT = %q without a memory limit", e.Value)
+			}
+		}
+	})
+}
+
+// goMemLimitBytes parses GOMEMLIMIT as the Go runtime does: a number of bytes with an optional B, KiB,
+// MiB, GiB or TiB suffix.
+func goMemLimitBytes(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		factor int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+	factor := int64(1)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, factor = n, u.factor
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("not a positive number of bytes")
+	}
+	return n * factor, nil
 }
 
 func TestTheSchemaCoversExactlyTheServiceSettingsTheChartDoesNotSetItself(t *testing.T) {
@@ -530,6 +645,12 @@ func collectExistingSecrets(v any, into map[string]bool) {
 		for k, x := range v {
 			if s, ok := x.(string); ok && k == "existingSecret" && s != "" {
 				into[s] = true
+			}
+			// A Secret the values reference themselves (extraEnv's secretKeyRef, extraEnvFrom's secretRef).
+			if ref, ok := x.(map[string]any); ok && (k == "secretKeyRef" || k == "secretRef") {
+				if s, ok := ref["name"].(string); ok && s != "" {
+					into[s] = true
+				}
 			}
 			collectExistingSecrets(x, into)
 		}

@@ -26,6 +26,9 @@ helm.sh/chart: {{ include "cacheside.chart" . }}
 {{ include "cacheside.selectorLabels" . }}
 app.kubernetes.io/version: {{ include "cacheside.imageTag" . | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "cacheside.selectorLabels" -}}
@@ -52,7 +55,29 @@ app.kubernetes.io/component: server
 {{- end }}
 
 {{- define "cacheside.image" -}}
-{{- printf "%s:%s" .Values.image.repository (include "cacheside.imageTag" .) }}
+{{- include "cacheside.imageRef" (dict "image" .Values.image "tag" (include "cacheside.imageTag" .) "global" .Values.global) }}
+{{- end }}
+
+{{/* An image reference: global.imageRegistry in front of the repository, the digest (which pins it) after the tag. */}}
+{{- define "cacheside.imageRef" -}}
+{{- $repository := .image.repository }}
+{{- with (.global | default dict).imageRegistry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
+{{- printf "%s:%s" $repository .tag }}
+{{- with .image.digest }}@{{ . }}{{ end }}
+{{- end }}
+
+{{/* Pull secrets of the release's pods: global.imagePullSecrets (names or {name: …}) and the chart's own. */}}
+{{- define "cacheside.imagePullSecrets" -}}
+{{- $secrets := list }}
+{{- range concat ((.Values.global | default dict).imagePullSecrets | default list) (.Values.imagePullSecrets | default list) }}
+{{- $secret := ternary (dict "name" .) . (kindIs "string" .) }}
+{{- if not (has $secret $secrets) }}
+{{- $secrets = append $secrets $secret }}
+{{- end }}
+{{- end }}
+{{- with $secrets }}{{ toYaml . }}{{ end }}
 {{- end }}
 
 {{- define "cacheside.terminationGracePeriodSeconds" -}}
@@ -109,6 +134,24 @@ chart: a URL comes whole from a Secret (secretKeyRef), or is composed by the kub
 Secret through $(VAR) expansion, so the password var must come first.
 */}}
 {{- define "cacheside.env" -}}
+{{- $extra := .Values.extraEnv | default list }}
+{{- $overridden := dict }}
+{{- range $extra }}{{ $_ := set $overridden .name true }}{{ end }}
+{{- range include "cacheside.chartEnv" . | fromYamlArray }}
+{{- if not (hasKey $overridden .name) }}
+- {{ toYaml . | nindent 2 | trim }}
+{{- end }}
+{{- end }}
+{{- with $extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The variables the chart sets itself. extraEnv comes after them (so its values may expand them) and replaces
+any of the same name.
+*/}}
+{{- define "cacheside.chartEnv" -}}
 {{- if .Values.otel.enabled }}
 # Downward API, only for the $(…) expansion in OTEL_RESOURCE_ATTRIBUTES below.
 - name: K8S_POD_NAME
@@ -130,17 +173,17 @@ Secret through $(VAR) expansion, so the password var must come first.
   {{- end }}
   value: {{ join "," $attrs | quote }}
 {{- end }}
-# The Go runtime follows the container's limits.
+# The Go runtime follows the container's limits: all of its CPUs, 90 % of its memory (the rest is for
+# what the heap's soft limit does not count: stacks, the runtime's own, the kernel's page cache of the pod).
 - name: GOMAXPROCS
   valueFrom:
     resourceFieldRef:
       resource: limits.cpu
       divisor: "1"
+{{- with include "cacheside.goMemLimit" . }}
 - name: GOMEMLIMIT
-  valueFrom:
-    resourceFieldRef:
-      resource: limits.memory
-      divisor: "1"
+  value: {{ . | quote }}
+{{- end }}
 {{- include "cacheside.databaseEnv" . }}
 {{- include "cacheside.redisEnv" . }}
 {{- end }}
@@ -265,8 +308,41 @@ valueFrom:
 {{- end }}
 {{- end }}
 
-{{/* The OTLP endpoint's port, for the NetworkPolicy: explicit, else the protocol's default. */}}
+{{/*
+The port the OTel SDK dials for the OTLP endpoint, for the NetworkPolicy: the URL's own, else for grpc
+the gRPC resolver's default 443 whatever the scheme (otlptracegrpc hands the URL's host to
+grpc.NewClient), and for http/protobuf the scheme's (80 for http, 443 for https). Not the collector's
+customary 4317/4318: an endpoint without a port is never dialled there.
+*/}}
 {{- define "cacheside.otlpPort" -}}
-{{- $host := (urlParse .Values.otel.endpoint).host }}
-{{- if contains ":" $host }}{{ last (splitList ":" $host) }}{{ else if eq .Values.otel.protocol "grpc" }}4317{{ else }}4318{{ end }}
+{{- $url := urlParse .Values.otel.endpoint }}
+{{- $hostPort := regexReplaceAll "^\\[[^\\]]*\\]" $url.host "" }}
+{{- if contains ":" $hostPort }}{{ last (splitList ":" $hostPort) }}
+{{- else if eq .Values.otel.protocol "grpc" }}443
+{{- else if eq $url.scheme "https" }}443
+{{- else }}80
+{{- end }}
+{{- end }}
+
+{{/*
+GOMEMLIMIT in bytes: 90 % of the container's memory limit, empty without one. A resourceFieldRef can only
+give 100 %. The env helper is shared, so the limit is the migration Job's when its template renders it.
+*/}}
+{{- define "cacheside.goMemLimit" -}}
+{{- $resources := ternary .Values.migration.resources .Values.resources (contains "migrat" .Template.Name) }}
+{{- with ($resources.limits | default dict).memory }}
+{{- mulf (include "cacheside.quantityBytes" .) 0.9 | floor | int64 }}
+{{- end }}
+{{- end }}
+
+{{/* A Kubernetes memory quantity (256Mi, 1G, 268435456, 2.5e8) in bytes. */}}
+{{- define "cacheside.quantityBytes" -}}
+{{- $q := toString . }}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?([eE][-+]?[0-9]+)?" $q }}
+{{- $unit := trimPrefix $number $q }}
+{{- if or (not $number) (not (hasKey $units $unit)) }}
+{{- fail (printf "resources.limits.memory %q: use a quantity such as 256Mi or 1Gi" $q) }}
+{{- end }}
+{{- mulf (float64 $number) (get $units $unit) }}
 {{- end }}

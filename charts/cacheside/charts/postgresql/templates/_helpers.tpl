@@ -67,3 +67,24 @@ upgrade keeps it), else a new random one. `helm template` cannot look up, so it 
 {{- if $current }}{{ b64dec $current }}{{ else }}{{ randAlphaNum 32 }}{{ end }}
 {{- end }}
 {{- end }}
+
+{{/* The image, under global.imageRegistry when the parent chart sets one. */}}
+{{- define "postgresql.image" -}}
+{{- $repository := .Values.image.repository }}
+{{- with (.Values.global | default dict).imageRegistry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
+{{- printf "%s:%s" $repository .Values.image.tag }}
+{{- end }}
+
+{{/* Pull secrets: global.imagePullSecrets (names or {name: …}) and this chart's own. */}}
+{{- define "postgresql.imagePullSecrets" -}}
+{{- $secrets := list }}
+{{- range concat ((.Values.global | default dict).imagePullSecrets | default list) (.Values.imagePullSecrets | default list) }}
+{{- $secret := ternary (dict "name" .) . (kindIs "string" .) }}
+{{- if not (has $secret $secrets) }}
+{{- $secrets = append $secrets $secret }}
+{{- end }}
+{{- end }}
+{{- with $secrets }}{{ toYaml . }}{{ end }}
+{{- end }}
