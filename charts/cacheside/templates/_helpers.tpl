@@ -152,13 +152,24 @@ valueFrom:
     key: {{ .key }}
 {{- end }}
 
+{{/*
+With the bundled Postgres the app connects as its unprivileged role (postgresql.auth.appUsername) and the
+migrations as the owner: callers that migrate pass the root context with a "migrationCredentials" key
+(`merge (dict "migrationCredentials" true) .`).
+*/}}
 {{- define "cacheside.databaseEnv" -}}
 {{- if .Values.postgresql.enabled }}
 {{- $pg := .Subcharts.postgresql }}
+{{- $user := include "postgresql.username" $pg }}
+{{- $key := include "postgresql.secretPasswordKey" $pg }}
+{{- if and (include "postgresql.appUsername" $pg) (not (hasKey . "migrationCredentials")) }}
+{{- $user = include "postgresql.appUsername" $pg }}
+{{- $key = include "postgresql.secretAppPasswordKey" $pg }}
+{{- end }}
 - name: DATABASE_PASSWORD
-  {{- include "cacheside.secretRef" (dict "name" (include "postgresql.secretName" $pg) "key" (include "postgresql.secretPasswordKey" $pg)) | nindent 2 }}
+  {{- include "cacheside.secretRef" (dict "name" (include "postgresql.secretName" $pg) "key" $key) | nindent 2 }}
 - name: DATABASE_URL
-  value: {{ printf "postgres://%s:$(DATABASE_PASSWORD)@%s:%s/%s?sslmode=disable" (include "postgresql.username" $pg | urlquery) (include "postgresql.fullname" $pg) (include "postgresql.port" $pg) (include "postgresql.database" $pg | urlquery) | quote }}
+  value: {{ printf "postgres://%s:$(DATABASE_PASSWORD)@%s:%s/%s?sslmode=disable" ($user | urlquery) (include "postgresql.fullname" $pg) (include "postgresql.port" $pg) (include "postgresql.database" $pg | urlquery) | quote }}
 {{- else }}
 {{- with .Values.externalDatabase }}
 {{- if .url }}
