@@ -196,3 +196,20 @@ func TestTheAppRolePasswordIsKeptLikeTheOwners(t *testing.T) {
 		}
 	})
 }
+
+// A server that migrates itself (DATABASE_MIGRATE_ON_START, as the Tiltfile's values do) needs the owner's
+// rights: the app role may not create tables.
+func TestAServerThatMigratesItselfConnectsAsTheOwner(t *testing.T) {
+	for _, m := range []manifest{
+		render(t, "", "config.DATABASE_MIGRATE_ON_START=true"),
+		render(t, "../../k8s/values/kind.yaml", "config.DATABASE_MIGRATE_ON_START=true"),
+	} {
+		spec := appDeployment(t, m).Spec.Template.Spec
+		if got := databaseCredentials(t, container(t, spec, "cacheside")); got.User != "cacheside" || got.Key != "password" {
+			t.Errorf("the server migrates as %v, want the owner cacheside with key password", got)
+		}
+		if _, _, ok := dbRole(spec); ok {
+			t.Error("db-role rendered for a role nobody uses")
+		}
+	}
+}

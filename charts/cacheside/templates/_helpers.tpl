@@ -153,7 +153,18 @@ valueFrom:
 {{- end }}
 
 {{/*
-With the bundled Postgres the app connects as its unprivileged role (postgresql.auth.appUsername) and the
+The bundled Postgres' unprivileged role the server connects as (postgresql.auth.appUsername), or empty when it
+connects as the owner: the role is off, or the server migrates itself (config.DATABASE_MIGRATE_ON_START, as
+under Tilt), which takes the owner's rights.
+*/}}
+{{- define "cacheside.appRole" -}}
+{{- if and .Values.postgresql.enabled (not (index .Values.config "DATABASE_MIGRATE_ON_START")) }}
+{{- include "postgresql.appUsername" .Subcharts.postgresql }}
+{{- end }}
+{{- end }}
+
+{{/*
+With the bundled Postgres the server connects as its unprivileged role (cacheside.appRole) and the
 migrations as the owner: callers that migrate pass the root context with a "migrationCredentials" key
 (`merge (dict "migrationCredentials" true) .`).
 */}}
@@ -162,7 +173,7 @@ migrations as the owner: callers that migrate pass the root context with a "migr
 {{- $pg := .Subcharts.postgresql }}
 {{- $user := include "postgresql.username" $pg }}
 {{- $key := include "postgresql.secretPasswordKey" $pg }}
-{{- if and (include "postgresql.appUsername" $pg) (not (hasKey . "migrationCredentials")) }}
+{{- if and (include "cacheside.appRole" .) (not (hasKey . "migrationCredentials")) }}
 {{- $user = include "postgresql.appUsername" $pg }}
 {{- $key = include "postgresql.secretAppPasswordKey" $pg }}
 {{- end }}

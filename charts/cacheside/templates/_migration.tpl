@@ -40,9 +40,8 @@ nothing else: no DDL, no superuser. It also waits for Postgres, so the migrate c
 start against a server that is still initialising.
 */}}
 {{- define "cacheside.dbRoleInitContainer" -}}
-{{- if .Values.postgresql.enabled }}
+{{- if include "cacheside.appRole" . }}
 {{- $pg := .Subcharts.postgresql }}
-{{- if include "postgresql.appUsername" $pg }}
 - name: db-role
   image: {{ printf "%s:%s" $pg.Values.image.repository $pg.Values.image.tag | quote }}
   imagePullPolicy: {{ $pg.Values.image.pullPolicy }}
@@ -85,6 +84,5 @@ start against a server that is still initialising.
   volumeMounts:
     - name: tmp
       mountPath: /tmp
-{{- end }}
 {{- end }}
 {{- end }}
