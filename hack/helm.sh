@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # hack/helm.sh ARGS...: run the Helm pinned in hack/tools/go.mod (built into .run/bin on first use, and
 # rebuilt when the pin changes), e.g.
-#   hack/helm.sh template demo charts/cacheside -f charts/cacheside/ci/ha-values.yaml
-#   hack/helm.sh upgrade --install demo charts/cacheside -n demo --create-namespace
+#   hack/helm.sh template demo charts/cacheside -f k8s/values/kind.yaml   (offline: it sets the passwords)
+#   kubectl create namespace demo && hack/helm.sh upgrade --install demo charts/cacheside -n demo
+# (not --create-namespace: a render that cannot see the namespace refuses to generate passwords; chart README)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

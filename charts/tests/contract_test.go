@@ -18,7 +18,6 @@ import (
 	"helm.sh/helm/v4/pkg/chart/common"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 )
 
 // The chart must set exactly the variables the service reads (STYLE.md: ardanlabs' chart set
@@ -42,11 +41,16 @@ var (
 	chartManagedVars = []string{"DATABASE_URL", "REDIS_URL", "HTTP_ADDR", "SHUTDOWN_TIMEOUT", "REDIS_MODE"}
 )
 
-// appContainers are the containers running the service's binary: the server and the migration.
+// appContainers are the containers running the service's binary: the server, the pods' migration init
+// container, and the pre-upgrade migration Job's (in upgrade renders).
 func appContainers(t *testing.T, m manifest) map[string]corev1.Container {
 	t.Helper()
+	spec := appDeployment(t, m).Spec.Template.Spec
 	out := map[string]corev1.Container{
-		"Deployment": container(t, appDeployment(t, m).Spec.Template.Spec, "cacheside"),
+		"Deployment": container(t, spec, "cacheside"),
+	}
+	if c, ok := migrateInitContainer(spec); ok {
+		out["Deployment's init container"] = c
 	}
 	if has(m, func(j *batchv1.Job) bool { return component("migration")(j) }) {
 		out["migration Job"] = container(t, migrationJob(t, m).Spec.Template.Spec, "migrate")
@@ -134,7 +138,7 @@ func TestAppContainersSetOnlyVariablesTheServiceReads(t *testing.T) {
 	}
 
 	for _, file := range ciValuesFiles(t) {
-		m := render(t, file)
+		m := renderUpgrade(t, file) // with the pre-upgrade Job
 		user := userEnvOf(t, file)
 		for owner, c := range appContainers(t, m) {
 			t.Run(fmt.Sprintf("%s: the %s sets no variable the service does not read", file, owner), func(t *testing.T) {
@@ -480,45 +484,6 @@ func TestPodsGetLongerToStopThanTheServiceTakesToDrain(t *testing.T) {
 			grace := time.Duration(*d.Spec.Template.Spec.TerminationGracePeriodSeconds) * time.Second
 			if need := time.Duration(preStop)*time.Second + shutdown; grace <= need {
 				t.Errorf("terminationGracePeriodSeconds = %s, want more than preStop + SHUTDOWN_TIMEOUT = %s", grace, need)
-			}
-		})
-	}
-}
-
-func TestTheMigrationJobRunsAfterInstallAndBeforeUpgrade(t *testing.T) {
-	for _, file := range ciValuesFiles(t) {
-		t.Run(file+": the migration Job runs migrate after install and before upgrade", func(t *testing.T) {
-			m := render(t, file)
-			j := migrationJob(t, m)
-			got := map[string]string{}
-			for _, k := range []string{"helm.sh/hook", "helm.sh/hook-delete-policy", "helm.sh/hook-weight"} {
-				got[k] = j.Annotations[k]
-			}
-			// post-install, not pre-install: pre-install hooks run before any of the release's resources
-			// exist, so neither the bundled Postgres nor the Secrets the Job reads would be there.
-			want := map[string]string{
-				"helm.sh/hook":               "post-install,pre-upgrade",
-				"helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded",
-				"helm.sh/hook-weight":        "-5",
-			}
-			if diff := cmp.Diff(want, got); diff != "" {
-				t.Errorf("hook annotations (-want +got):\n%s", diff)
-			}
-			c := container(t, j.Spec.Template.Spec, "migrate")
-			if diff := cmp.Diff([]string{"migrate"}, c.Args); diff != "" {
-				t.Errorf("args (-want +got):\n%s", diff)
-			}
-			if len(c.EnvFrom) > 0 {
-				t.Error("the Job reads a ConfigMap: at pre-upgrade it would get the previous release's")
-			}
-			if j.Spec.BackoffLimit == nil || *j.Spec.BackoffLimit < 1 {
-				t.Error("the Job must retry while a first install's Postgres starts")
-			}
-			if j.Spec.Template.Spec.RestartPolicy != corev1.RestartPolicyNever {
-				t.Errorf("restartPolicy = %s, want Never (failed pods kept for their logs)", j.Spec.Template.Spec.RestartPolicy)
-			}
-			if !slices.ContainsFunc(m.Objects, func(o object) bool { return o.Hook && o.Obj == runtime.Object(j) }) {
-				t.Error("the Job is not rendered as a hook")
 			}
 		})
 	}

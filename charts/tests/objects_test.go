@@ -26,9 +26,9 @@ var restrictedVolumeTypes = []string{"configMap", "csi", "downwardAPI", "emptyDi
 
 func TestEveryPodMeetsTheRestrictedPodSecurityStandard(t *testing.T) {
 	for _, file := range ciValuesFiles(t) {
-		m := render(t, file)
+		m := renderUpgrade(t, file)
 		pods := podTemplates(m)
-		// The app, the migration Job, the test pod and both StatefulSets.
+		// The app, the migration Job (on upgrade), the test pod and both StatefulSets.
 		if len(pods) < 3 {
 			t.Fatalf("%s: found %d pod templates", file, len(pods))
 		}
@@ -130,7 +130,7 @@ func selects(t *testing.T, sel *metav1.LabelSelector, lbls map[string]string) bo
 
 func TestSelectorsPickExactlyTheirPods(t *testing.T) {
 	for _, file := range ciValuesFiles(t) {
-		m := render(t, file)
+		m := renderUpgrade(t, file) // with the pre-upgrade Job
 		pods := podTemplates(m)
 		podsSelectedBy := func(sel *metav1.LabelSelector) []string {
 			var out []string

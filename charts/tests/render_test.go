@@ -69,11 +69,24 @@ type manifest struct {
 type renderOptions struct {
 	kubeVersion string
 	upgrade     bool
-	lookup      func(apiVersion, kind, namespace, name string) (map[string]any, error)
+	// lookup answers the templates' `lookup`s. Nil: clusterWithNamespace, unless offline.
+	lookup func(apiVersion, kind, namespace, name string) (map[string]any, error)
+	// offline renders as `helm template` and Argo CD do: every lookup answers nothing.
+	offline bool
 }
 
-// render renders the chart like `helm install --dry-run=client` would, with the values of one of the
-// chart's ci/*-values.yaml (empty for none) and `--set` style overrides, and decodes every object strictly.
+// clusterWithNamespace answers lookups like a cluster whose release namespace exists (so Kubernetes has
+// published its kube-root-ca.crt ConfigMap) and holds nothing of the release yet: a first `helm install`.
+func clusterWithNamespace(apiVersion, kind, ns, name string) (map[string]any, error) {
+	if apiVersion == "v1" && kind == "ConfigMap" && ns == namespace && name == "kube-root-ca.crt" {
+		return map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": name, "namespace": ns}}, nil
+	}
+	return map[string]any{}, nil
+}
+
+// render renders the chart like a first `helm install` into an existing namespace would (lookups see the
+// cluster), with the values of one of the chart's ci/*-values.yaml (empty for none) and `--set` style
+// overrides, and decodes every object strictly.
 func render(t *testing.T, valuesFile string, set ...string) manifest {
 	t.Helper()
 	m, err := renderWith(renderOptions{}, valuesFile, set...)
@@ -127,8 +140,11 @@ func install(opts renderOptions, valuesFile string, set ...string) (*release.Rel
 	}
 
 	cfg := action.NewConfiguration()
-	if opts.lookup != nil {
+	switch {
+	case opts.lookup != nil:
 		cfg.CustomTemplateFuncs = template.FuncMap{"lookup": opts.lookup}
+	case !opts.offline:
+		cfg.CustomTemplateFuncs = template.FuncMap{"lookup": clusterWithNamespace}
 	}
 	inst := action.NewInstall(cfg)
 	inst.DryRunStrategy = action.DryRunClient

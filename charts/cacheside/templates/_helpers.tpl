@@ -195,13 +195,35 @@ valueFrom:
     key: {{ .key }}
 {{- end }}
 
+{{/*
+The bundled Postgres' unprivileged role the server connects as (postgresql.auth.appUsername), or empty when it
+connects as the owner: the role is off, or the server migrates itself (config.DATABASE_MIGRATE_ON_START, as
+under Tilt), which takes the owner's rights.
+*/}}
+{{- define "cacheside.appRole" -}}
+{{- if and .Values.postgresql.enabled (not (index .Values.config "DATABASE_MIGRATE_ON_START")) }}
+{{- include "postgresql.appUsername" .Subcharts.postgresql }}
+{{- end }}
+{{- end }}
+
+{{/*
+With the bundled Postgres the server connects as its unprivileged role (cacheside.appRole) and the
+migrations as the owner: callers that migrate pass the root context with a "migrationCredentials" key
+(`merge (dict "migrationCredentials" true) .`).
+*/}}
 {{- define "cacheside.databaseEnv" -}}
 {{- if .Values.postgresql.enabled }}
 {{- $pg := .Subcharts.postgresql }}
+{{- $user := include "postgresql.username" $pg }}
+{{- $key := include "postgresql.secretPasswordKey" $pg }}
+{{- if and (include "cacheside.appRole" .) (not (hasKey . "migrationCredentials")) }}
+{{- $user = include "postgresql.appUsername" $pg }}
+{{- $key = include "postgresql.secretAppPasswordKey" $pg }}
+{{- end }}
 - name: DATABASE_PASSWORD
-  {{- include "cacheside.secretRef" (dict "name" (include "postgresql.secretName" $pg) "key" (include "postgresql.secretPasswordKey" $pg)) | nindent 2 }}
+  {{- include "cacheside.secretRef" (dict "name" (include "postgresql.secretName" $pg) "key" $key) | nindent 2 }}
 - name: DATABASE_URL
-  value: {{ printf "postgres://%s:$(DATABASE_PASSWORD)@%s:%s/%s?sslmode=disable" (include "postgresql.username" $pg | urlquery) (include "postgresql.fullname" $pg) (include "postgresql.port" $pg) (include "postgresql.database" $pg | urlquery) | quote }}
+  value: {{ printf "postgres://%s:$(DATABASE_PASSWORD)@%s:%s/%s?sslmode=disable" ($user | urlquery) (include "postgresql.fullname" $pg) (include "postgresql.port" $pg) (include "postgresql.database" $pg | urlquery) | quote }}
 {{- else }}
 {{- with .Values.externalDatabase }}
 {{- if .url }}
@@ -326,10 +348,11 @@ customary 4317/4318: an endpoint without a port is never dialled there.
 
 {{/*
 GOMEMLIMIT in bytes: 90 % of the container's memory limit, empty without one. A resourceFieldRef can only
-give 100 %. The env helper is shared, so the limit is the migration Job's when its template renders it.
+give 100 %. The env helper is shared: containers that run `cacheside migrate` (the Job, the init container)
+pass "migrationCredentials" and have migration.resources.
 */}}
 {{- define "cacheside.goMemLimit" -}}
-{{- $resources := ternary .Values.migration.resources .Values.resources (contains "migrat" .Template.Name) }}
+{{- $resources := ternary .Values.migration.resources .Values.resources (hasKey . "migrationCredentials") }}
 {{- with ($resources.limits | default dict).memory }}
 {{- mulf (include "cacheside.quantityBytes" .) 0.9 | floor | int64 }}
 {{- end }}

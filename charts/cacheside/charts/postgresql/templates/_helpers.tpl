@@ -55,16 +55,55 @@ app.kubernetes.io/component: database
 {{- if .Values.auth.existingSecret }}{{ .Values.auth.existingSecretPasswordKey }}{{ else }}password{{ end }}
 {{- end }}
 
+{{/* The app's unprivileged role; empty when the app connects as the owner. */}}
+{{- define "postgresql.appUsername" -}}
+{{- .Values.auth.appUsername }}
+{{- end }}
+
+{{- define "postgresql.secretAppPasswordKey" -}}
+{{- if .Values.auth.existingSecret }}{{ .Values.auth.existingSecretAppPasswordKey }}{{ else }}app-password{{ end }}
+{{- end }}
+
 {{/*
 The password for the chart's own Secret: the value if given, else the one already in the cluster (so an
-upgrade keeps it), else a new random one. `helm template` cannot look up, so it always generates.
+upgrade keeps it), else a new random one, but only where the render can see the cluster. `helm template`,
+`--dry-run=client` and Argo CD (which renders with `helm template`) get an empty answer from every `lookup`,
+so a generated password would differ on every render: under Argo CD the app would never be in sync, and each
+sync would replace the password that the data (Postgres') or the running server (Redis) keeps. Such a render
+stops and asks for the password. A render sees the cluster when it finds the chart's Secret or the namespace's
+`kube-root-ca.crt` ConfigMap (which Kubernetes publishes in every namespace; whoever can install this chart can
+read ConfigMaps).
+`helm lint` renders neither an install nor an upgrade and only checks the templates: it gets a random one.
 */}}
 {{- define "postgresql.password" -}}
-{{- if .Values.auth.password }}
-{{- .Values.auth.password }}
+{{- include "postgresql.storedPassword" (dict "ctx" . "key" "password" "value" .Values.auth.password "name" "postgresql.auth.password") }}
+{{- end }}
+
+{{/* With an explicit owner password and no app password, the app's is derived from it (one-way), so values
+that set only auth.password (a GitOps repository's, a dev cluster's) render the same every time. */}}
+{{- define "postgresql.appPassword" -}}
+{{- $derived := "" }}
+{{- if .Values.auth.password }}{{ $derived = printf "cacheside-app-role:%s" .Values.auth.password | sha256sum | trunc 32 }}{{ end }}
+{{- include "postgresql.storedPassword" (dict "ctx" . "key" "app-password" "value" (.Values.auth.appPassword | default $derived) "name" "postgresql.auth.appPassword") }}
+{{- end }}
+
+{{/* One key of the chart's own Secret, by the rules above: .ctx the chart's context, .key the Secret's key,
+.value the explicit value, .name the value's name for the message. */}}
+{{- define "postgresql.storedPassword" -}}
+{{- $ := .ctx }}
+{{- if .value }}
+{{- .value }}
 {{- else }}
-{{- $current := dig "data" "password" "" (lookup "v1" "Secret" .Release.Namespace (include "postgresql.fullname" .)) }}
-{{- if $current }}{{ b64dec $current }}{{ else }}{{ randAlphaNum 32 }}{{ end }}
+{{- $secret := lookup "v1" "Secret" $.Release.Namespace (include "postgresql.fullname" $) }}
+{{- $current := dig "data" .key "" $secret }}
+{{- $live := or $secret (lookup "v1" "ConfigMap" $.Release.Namespace "kube-root-ca.crt") }}
+{{- if $current }}
+{{- b64dec $current }}
+{{- else if or $live (not (or $.Release.IsInstall $.Release.IsUpgrade)) }}
+{{- randAlphaNum 32 }}
+{{- else }}
+{{- fail (printf "%s is empty and this render cannot see the cluster (helm template, --dry-run=client, Argo CD, or a namespace that does not exist yet): a generated password would change on every render. Set postgresql.auth.existingSecret to a Secret you manage (recommended with Argo CD or Flux; keys: postgresql.auth.existingSecretPasswordKey and existingSecretAppPasswordKey) or %s; with helm install --create-namespace, create namespace %s first. See the chart README, Installing with Argo CD and Flux." .name .name $.Release.Namespace) }}
+{{- end }}
 {{- end }}
 {{- end }}
 

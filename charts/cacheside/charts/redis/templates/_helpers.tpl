@@ -52,14 +52,27 @@ app.kubernetes.io/component: cache
 
 {{/*
 The password for the chart's own Secret: the value if given, else the one already in the cluster (so an
-upgrade keeps it), else a new random one. `helm template` cannot look up, so it always generates.
+upgrade keeps it), else a new random one, but only where the render can see the cluster. `helm template`,
+`--dry-run=client` and Argo CD (which renders with `helm template`) get an empty answer from every `lookup`,
+so a generated password would differ on every render: under Argo CD the app would never be in sync, and each
+sync would replace the password that the data (Postgres') or the running server (Redis) keeps. Such a render
+stops and asks for the password. A render sees the cluster when the namespace's `kube-root-ca.crt` ConfigMap
+(which Kubernetes publishes in every namespace) is there: whoever can install this chart can read ConfigMaps.
+`helm lint` renders neither an install nor an upgrade and only checks the templates: it gets a random one.
 */}}
 {{- define "redis.password" -}}
 {{- if .Values.auth.password }}
 {{- .Values.auth.password }}
 {{- else }}
 {{- $current := dig "data" "password" "" (lookup "v1" "Secret" .Release.Namespace (include "redis.fullname" .)) }}
-{{- if $current }}{{ b64dec $current }}{{ else }}{{ randAlphaNum 32 }}{{ end }}
+{{- $live := lookup "v1" "ConfigMap" .Release.Namespace "kube-root-ca.crt" }}
+{{- if $current }}
+{{- b64dec $current }}
+{{- else if or $live (not (or .Release.IsInstall .Release.IsUpgrade)) }}
+{{- randAlphaNum 32 }}
+{{- else }}
+{{- fail (printf "redis.auth.password is empty and this render cannot see the cluster (helm template, --dry-run=client, Argo CD, or a namespace that does not exist yet): a generated password would change on every render. Set redis.auth.existingSecret to a Secret you manage (recommended with Argo CD or Flux; key: redis.auth.existingSecretPasswordKey) or redis.auth.password; with helm install --create-namespace, create namespace %s first. See the chart README, Installing with Argo CD and Flux." .Release.Namespace) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
