@@ -233,6 +233,10 @@ func dropSettledReads(ops []porcupine.Operation, reads []read) []read {
 // which is at or before p2 (every such operation returned before the earlier read ended, so
 // before every operation that had to follow it). "Absent" has no such interval (a sample is
 // absent before its create and after its delete), so those reads are kept apart.
+//
+// Both reductions rest on two properties of the model in model.go: the current value is always
+// readable, and a title is readable on one interval per process and tier. A change to the model
+// that breaks either must change them too; TestMergingReadsKeepsTheVerdict is there to tell.
 func mergeReads(reads []read) []read {
 	type group struct {
 		proc, tier int
