@@ -71,9 +71,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch cmd {
 	case "serve":
-		return withDeps(ctx, stderr, serve)
+		return withDeps(ctx, stderr, config.Load, serve)
 	case "migrate":
-		return withDeps(ctx, stderr, func(ctx context.Context, svc *service.Service, _ *telemetry.Telemetry) error {
+		return withDeps(ctx, stderr, config.LoadForCommand, func(ctx context.Context, svc *service.Service, _ *telemetry.Telemetry) error {
 			if err := postgres.Migrate(ctx, svc.Pool); err != nil {
 				return err
 			}
@@ -96,10 +96,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
-// withDeps loads the configuration, sets up logging and telemetry, assembles the service and
-// runs fn with it; everything is closed in reverse order when fn returns.
-func withDeps(ctx context.Context, stderr io.Writer, fn func(context.Context, *service.Service, *telemetry.Telemetry) error) error {
-	cfg, err := config.Load()
+// withDeps loads the configuration with load, sets up logging and telemetry, assembles the
+// service and runs fn with it; everything is closed in reverse order when fn returns.
+func withDeps(ctx context.Context, stderr io.Writer, load func() (config.Config, error), fn func(context.Context, *service.Service, *telemetry.Telemetry) error) error {
+	cfg, err := load()
 	if err != nil {
 		return err
 	}
@@ -150,6 +150,10 @@ func serve(ctx context.Context, svc *service.Service, tel *telemetry.Telemetry) 
 		}
 		svc.Log.Info("migrations applied")
 	}
+	if svc.Config.APIAuthDisabled {
+		// Every start, so a developer's setting that reached a cluster is seen in its logs.
+		svc.Log.Warn("API_AUTH_DISABLED=true: POST, PUT and DELETE are served to anyone without a token; for local development only, never in a deployment")
+	}
 	svc.Follow()
 	return httpapi.Serve(ctx, svc.Log, svc.ServerOptions(), svc.Handler(tel.Metrics))
 }
@@ -166,7 +170,7 @@ func seedCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if *n < 0 || *n > 10_000_000 {
 		return usageError{"seed: -n must be between 0 and 10000000"}
 	}
-	return withDeps(ctx, stderr, func(ctx context.Context, svc *service.Service, _ *telemetry.Telemetry) error {
+	return withDeps(ctx, stderr, config.LoadForCommand, func(ctx context.Context, svc *service.Service, _ *telemetry.Telemetry) error {
 		if *ifEmpty && !*replace {
 			count, err := svc.Samples.Count(ctx)
 			if err != nil {

@@ -93,13 +93,19 @@ func serve(t *testing.T, env ...string) *proc {
 	return p
 }
 
+// baseEnv is a service's environment: DATABASE_URL, REDIS_URL, CACHE_KEY_PREFIX and API_TOKENS
+// (one random token, as a deployment's Secret gives it), in that order.
 func baseEnv(t *testing.T) []string {
 	return []string{
 		"DATABASE_URL=" + testenv.Database(t),
 		"REDIS_URL=" + testenv.RedisURL(t),
 		"CACHE_KEY_PREFIX=" + testenv.Name("cstest"),
+		"API_TOKENS=" + testenv.Token(),
 	}
 }
+
+// tokenOf returns the token of env's API_TOKENS (baseEnv's).
+func tokenOf(env []string) string { return strings.TrimPrefix(env[3], "API_TOKENS=") }
 
 func TestAConfigErrorNamesEveryBadVariableAndLeaksNoPassword(t *testing.T) {
 	cmd := command(t, []string{
@@ -261,7 +267,7 @@ func TestPasswordsInURLsNeverReachTheLogs(t *testing.T) {
 	// rejects an unknown user, so the cache errors and is bypassed — and error paths get logged.
 	dbURL := strings.Replace(strings.TrimPrefix(env[0], "DATABASE_URL="), "postgres@", "postgres:pg-s3cret-pw@", 1)
 	redisURL := strings.Replace(testenv.RedisURL(t), "redis://", "redis://cacheside:redis-s3cret-pw@", 1)
-	p := serve(t, "DATABASE_URL="+dbURL, "REDIS_URL="+redisURL, env[2], "LOG_LEVEL=debug")
+	p := serve(t, "DATABASE_URL="+dbURL, "REDIS_URL="+redisURL, env[2], env[3], "LOG_LEVEL=debug")
 	for _, path := range []string{"/cache", "/cache", "/readyz", "/sample"} {
 		res, err := http.Get("http://" + p.addr + path)
 		if err != nil {
@@ -335,7 +341,10 @@ func TestAWriteOnOneReplicaReachesTheOthersNearCache(t *testing.T) {
 		t.Fatalf("replica B's second read came from %q, want its near-cache", tier)
 	}
 
-	res, err := http.Post("http://"+a.addr+"/samples", "application/json", strings.NewReader(`{"title":"written on A"}`))
+	req, _ := http.NewRequest("POST", "http://"+a.addr+"/samples", strings.NewReader(`{"title":"written on A"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+tokenOf(env))
+	res, err := http.DefaultClient.Do(req)
 	if err != nil || res.StatusCode != 201 {
 		t.Fatalf("POST on A: %v %v", res, err)
 	}

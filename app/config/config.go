@@ -28,6 +28,10 @@ type Config struct {
 	HTTPMaxBodyBytes      int64         `envconfig:"HTTP_MAX_BODY_BYTES" default:"1048576" desc:"largest request body accepted (413 above)"`
 	HTTPRetryAfter        time.Duration `envconfig:"HTTP_RETRY_AFTER" default:"5s" desc:"Retry-After suggested to clients (whole seconds) when the database is unavailable"`
 
+	APITokens       Tokens `envconfig:"API_TOKENS" desc:"bearer tokens that POST, PUT and DELETE require (Authorization: Bearer <token>), comma-separated: several at once let a token be rotated without downtime; required unless API_AUTH_DISABLED is true"`
+	APIAuthReads    bool   `envconfig:"API_AUTH_READS" default:"false" desc:"require a token for reads too (GET /sample, /cache, /samples/:id); probes and /metrics never need one"`
+	APIAuthDisabled bool   `envconfig:"API_AUTH_DISABLED" default:"false" desc:"local development only: serve writes without authentication (a warning is logged at every start)"`
+
 	DatabaseURL            string        `envconfig:"DATABASE_URL" required:"true" desc:"Postgres URL, postgres://user:pass@host:5432/db?sslmode=…"`
 	DatabaseMaxConns       int32         `envconfig:"DATABASE_MAX_CONNS" default:"10" desc:"largest Postgres pool size"`
 	DatabaseTimeout        time.Duration `envconfig:"DATABASE_TIMEOUT" default:"5s" desc:"deadline for one Postgres query, also set as the connections' statement_timeout (seeding and migrations lift it)"`
@@ -64,6 +68,31 @@ type Config struct {
 	LogFormat       string        `envconfig:"LOG_FORMAT" default:"json" desc:"json or text"`
 }
 
+// Tokens are the API's bearer tokens, read from a comma-separated variable (spaces around each
+// are dropped, as are empty entries). They print as a count, never as themselves, however the
+// configuration is printed.
+type Tokens []string
+
+// Decode implements envconfig.Decoder.
+func (t *Tokens) Decode(v string) error {
+	*t = nil
+	for tok := range strings.SplitSeq(v, ",") {
+		if tok = strings.TrimSpace(tok); tok != "" {
+			*t = append(*t, tok)
+		}
+	}
+	return nil
+}
+
+func (t Tokens) String() string             { return fmt.Sprintf("(%d tokens withheld)", len(t)) }
+func (t Tokens) GoString() string           { return t.String() }
+func (t Tokens) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, t.String()) }
+func (t Tokens) LogValue() slog.Value       { return slog.StringValue(t.String()) }
+
+// MinTokenLength is the shortest token accepted: a token is a password a client sends on every
+// write, so it must not be guessable (hack/dev generates 64 hex characters).
+const MinTokenLength = 16
+
 // Var describes one environment variable the service reads.
 type Var struct {
 	Name        string
@@ -97,14 +126,23 @@ func typeName(t reflect.Type) string {
 		return "float"
 	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Uint64:
 		return "integer"
+	case t == reflect.TypeFor[Tokens]():
+		return "list"
 	default:
 		return t.Kind().String()
 	}
 }
 
-// Load reads Config from the environment. Every bad or missing variable is reported in the one
-// returned error, not just the first, so an operator fixes them all in one go.
-func Load() (Config, error) {
+// Load reads Config for serving the API from the environment. Every bad or missing variable is
+// reported in the one returned error, not just the first, so an operator fixes them all in one go.
+func Load() (Config, error) { return load(true) }
+
+// LoadForCommand reads Config for a one-off command (migrate, seed): every check of Load but the
+// API's tokens, which a command that serves no requests has no use for (so the chart's migration
+// Job is not handed them).
+func LoadForCommand() (Config, error) { return load(false) }
+
+func load(serving bool) (Config, error) {
 	var cfg Config
 	var problems []string
 
@@ -123,7 +161,7 @@ func Load() (Config, error) {
 		dst.Field(i).Set(one.Elem().Field(0))
 	}
 	// A variable that did not parse was left zero; its range check would only repeat the news.
-	for _, p := range cfg.validate() {
+	for _, p := range cfg.validate(serving) {
 		if name, _, _ := strings.Cut(p, ":"); !failed[name] {
 			problems = append(problems, p)
 		}
@@ -163,8 +201,11 @@ func expectation(t reflect.Type) string {
 	}
 }
 
-func (c Config) validate() []string {
+func (c Config) validate(serving bool) []string {
 	var p []string
+	if serving {
+		p = append(p, c.validateAuth()...)
+	}
 	positive := func(name string, d time.Duration) {
 		if d <= 0 {
 			p = append(p, name+": must be a positive duration")
@@ -261,6 +302,42 @@ func (c Config) validate() []string {
 	return p
 }
 
+// validateAuth refuses to serve writes to anyone: with writes enabled and no token the start-up
+// fails, unless API_AUTH_DISABLED says out loud that this is a developer's machine. The tokens are
+// never echoed, only their positions.
+func (c Config) validateAuth() []string {
+	var p []string
+	switch {
+	case c.APIAuthDisabled && len(c.APITokens) > 0:
+		p = append(p, "API_AUTH_DISABLED: is true while API_TOKENS is set: unset one of them (API_AUTH_DISABLED is for local development only)")
+	case c.APIAuthDisabled && c.APIAuthReads:
+		p = append(p, "API_AUTH_READS: needs tokens, but API_AUTH_DISABLED is true")
+	case !c.APIAuthDisabled && len(c.APITokens) == 0:
+		p = append(p, "API_TOKENS: is required: set one or more bearer tokens (comma-separated) for POST, PUT and DELETE, or API_AUTH_DISABLED=true on a developer's machine only")
+	}
+	for i, tok := range c.APITokens {
+		if len(tok) < MinTokenLength || !isToken68(tok) {
+			p = append(p, fmt.Sprintf("API_TOKENS: token %d of %d must be at least %d characters of A-Z, a-z, 0-9, -._~+/ (a bearer token as RFC 6750 defines it)", i+1, len(c.APITokens), MinTokenLength))
+		}
+	}
+	return p
+}
+
+// isToken68 reports whether s can be sent as a bearer token (RFC 6750 section 2.1) as it is: a
+// token with a space or a comma in it could never be presented, or never be configured.
+func isToken68(s string) bool {
+	body := strings.TrimRight(s, "=")
+	if body == "" {
+		return false
+	}
+	for _, r := range body {
+		if (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') && !strings.ContainsRune("-._~+/", r) {
+			return false
+		}
+	}
+	return true
+}
+
 // validIdentifier reports whether s is a valid replication slot name: Postgres allows lower-case
 // letters, digits and underscores, at most 63 bytes.
 func validIdentifier(s string) bool {
@@ -296,6 +373,9 @@ func Redact(raw string) string {
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("http_addr", c.HTTPAddr),
+		slog.Any("api_tokens", c.APITokens),
+		slog.Bool("api_auth_reads", c.APIAuthReads),
+		slog.Bool("api_auth_disabled", c.APIAuthDisabled),
 		slog.String("database_url", Redact(c.DatabaseURL)),
 		slog.String("redis_url", Redact(c.RedisURL)),
 		slog.String("redis_mode", c.RedisMode),

@@ -1,6 +1,9 @@
 package config_test
 
 import (
+	"bytes"
+	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -52,6 +55,7 @@ func TestLoadAppliesTheDocumentedDefaults(t *testing.T) {
 	isolate(t)
 	t.Setenv("DATABASE_URL", "postgres://app@db/app")
 	t.Setenv("REDIS_URL", "redis://cache:6379/0")
+	t.Setenv("API_TOKENS", token)
 	implicit, err := config.Load()
 	if err != nil {
 		t.Fatal(err)
@@ -77,6 +81,7 @@ func TestANearCacheNeedsRoom(t *testing.T) {
 	isolate(t)
 	t.Setenv("DATABASE_URL", "postgres://app@db/app")
 	t.Setenv("REDIS_URL", "redis://cache:6379/0")
+	t.Setenv("API_TOKENS", token)
 	t.Setenv("CACHE_LOCAL_ENABLED", "true")
 	t.Setenv("CACHE_LOCAL_MAX_BYTES", "0")
 	if _, err := config.Load(); err == nil || !strings.Contains(err.Error(), "CACHE_LOCAL_MAX_BYTES:") {
@@ -106,5 +111,93 @@ func TestREADMEDocumentsEveryVariable(t *testing.T) {
 		if !strings.Contains(string(readme), "| `"+v.Name+"` |") {
 			t.Errorf("README.md's configuration table lacks %s", v.Name)
 		}
+	}
+}
+
+// token is a well-formed bearer token, as hack/dev makes them.
+const token = "0123456789abcdef0123456789abcdef"
+
+// TestServingNeedsATokenOrALoudOptOut: with writes served, no token is a configuration error
+// naming API_TOKENS, reported with every other bad variable; only API_AUTH_DISABLED lifts it,
+// and tokens that could not be sent or guessed in a moment are refused without being echoed.
+func TestServingNeedsATokenOrALoudOptOut(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want []string // variables named in the error; none: it loads
+	}{
+		{"no token is an error, with the other bad variables", map[string]string{"LOG_FORMAT": "xml"}, []string{"API_TOKENS", "LOG_FORMAT"}},
+		{"an empty list is no token", map[string]string{"API_TOKENS": " , ,"}, []string{"API_TOKENS"}},
+		{"one token serves", map[string]string{"API_TOKENS": token}, nil},
+		{"two tokens serve, spaces around them dropped", map[string]string{"API_TOKENS": token + " , " + strings.ToUpper(token)}, nil},
+		{"a short token is refused", map[string]string{"API_TOKENS": token + ",short-s3cret"}, []string{"API_TOKENS"}},
+		{"a token that cannot be sent is refused", map[string]string{"API_TOKENS": token + "\"s3cret\"" + token}, []string{"API_TOKENS"}},
+		{"the opt-out serves without a token", map[string]string{"API_AUTH_DISABLED": "true"}, nil},
+		{"the opt-out with tokens is ambiguous", map[string]string{"API_AUTH_DISABLED": "true", "API_TOKENS": token}, []string{"API_AUTH_DISABLED"}},
+		{"guarded reads need tokens", map[string]string{"API_AUTH_DISABLED": "true", "API_AUTH_READS": "true"}, []string{"API_AUTH_READS"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			isolate(t)
+			t.Setenv("DATABASE_URL", "postgres://app@db/app")
+			t.Setenv("REDIS_URL", "redis://cache:6379/0")
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			cfg, err := config.Load()
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("loaded %+v, want an error naming %v", cfg, tc.want)
+			}
+			for _, name := range tc.want {
+				if !strings.Contains(err.Error(), name+":") {
+					t.Errorf("the error does not name %s:\n%v", name, err)
+				}
+			}
+			if strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), token) {
+				t.Errorf("the error echoes a token:\n%v", err)
+			}
+		})
+	}
+}
+
+// TestCommandsNeedNoToken: migrate and seed serve no requests, so the chart's migration Job is
+// not handed the tokens; their configuration loads without them.
+func TestCommandsNeedNoToken(t *testing.T) {
+	isolate(t)
+	t.Setenv("DATABASE_URL", "postgres://app@db/app")
+	t.Setenv("REDIS_URL", "redis://cache:6379/0")
+	if _, err := config.LoadForCommand(); err != nil {
+		t.Errorf("a command's configuration without a token: %v", err)
+	}
+}
+
+// TestTokensAreNeverPrinted: however the configuration is printed or logged, the tokens are not.
+func TestTokensAreNeverPrinted(t *testing.T) {
+	isolate(t)
+	t.Setenv("DATABASE_URL", "postgres://app@db/app")
+	t.Setenv("REDIS_URL", "redis://cache:6379/0")
+	t.Setenv("API_TOKENS", token+","+strings.ToUpper(token))
+	cfg, err := config.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.APITokens) != 2 || cfg.APITokens[1] != strings.ToUpper(token) {
+		t.Fatalf("tokens read as %d, want both", len(cfg.APITokens))
+	}
+	var logged bytes.Buffer
+	slog.New(slog.NewJSONHandler(&logged, nil)).Info("starting", "config", cfg)
+	slog.New(slog.NewTextHandler(&logged, nil)).Info("starting", "config", cfg, "tokens", cfg.APITokens)
+	for _, out := range []string{fmt.Sprintf("%v %+v %#v %s %q", cfg, cfg, cfg, cfg.APITokens, cfg.APITokens), logged.String()} {
+		if strings.Contains(strings.ToLower(out), token) {
+			t.Errorf("a token was printed: %s", out)
+		}
+	}
+	if !strings.Contains(logged.String(), "(2 tokens withheld)") {
+		t.Errorf("the log does not say how many tokens there are: %s", logged.String())
 	}
 }

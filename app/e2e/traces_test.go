@@ -5,8 +5,9 @@
 // Redis it can stop, and the real cacheside binary. To check a deployed instance instead, set
 //
 //	E2E_BASE_URL=http://127.0.0.1:8080 E2E_JAEGER_URL=http://127.0.0.1:16686 \
-//	E2E_SERVICE_NAME=cacheside go test ./app/e2e/
+//	E2E_SERVICE_NAME=cacheside E2E_API_TOKEN=… go test ./app/e2e/
 //
+// (E2E_API_TOKEN: one of the deployment's API_TOKENS, which its writes need)
 // and, to include the Redis-down check, E2E_REDIS_STOP_CMD / E2E_REDIS_START_CMD (shell commands,
 // e.g. kubectl scale statefulset … --replicas=0).
 package e2e_test
@@ -35,6 +36,7 @@ import (
 // target is the service under test and the Jaeger it exports to.
 type target struct {
 	base, service string
+	token         string // an API token: the writes need it
 	jaeger        jaeger
 	databaseURL   string // to change rows behind the API's back (local mode, or E2E_DATABASE_URL)
 	stopRedis     func(t *testing.T)
@@ -44,7 +46,7 @@ type target struct {
 
 func TestTracesShowHowEachRequestWasServed(t *testing.T) {
 	tg := setUp(t)
-	c := client{base: tg.base}
+	c := client{base: tg.base, token: tg.token}
 
 	// A write retires the cached list, so the next read misses and the two after it hit. The
 	// replication follower retires the same write once more from the stream, milliseconds later:
@@ -361,7 +363,7 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-type client struct{ base string }
+type client struct{ base, token string }
 
 type reply struct {
 	status int
@@ -381,6 +383,9 @@ func (c client) do(t *testing.T, method, path, body, traceparent string) reply {
 	if traceparent != "" {
 		req.Header.Set("traceparent", traceparent)
 	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
@@ -398,7 +403,7 @@ func setUp(t *testing.T) *target {
 			t.Fatal("E2E_BASE_URL is set but E2E_JAEGER_URL is not")
 		}
 		tg := &target{base: strings.TrimRight(base, "/"), service: envOr("E2E_SERVICE_NAME", "cacheside"), jaeger: jaeger{base: strings.TrimRight(jurl, "/")},
-			databaseURL: os.Getenv("E2E_DATABASE_URL")}
+			databaseURL: os.Getenv("E2E_DATABASE_URL"), token: os.Getenv("E2E_API_TOKEN")}
 		if stop, start := os.Getenv("E2E_REDIS_STOP_CMD"), os.Getenv("E2E_REDIS_START_CMD"); stop != "" && start != "" {
 			tg.stopRedis = func(t *testing.T) { shell(t, stop) }
 			tg.startRedis = func(t *testing.T) { shell(t, start) }
@@ -410,7 +415,9 @@ func setUp(t *testing.T) *target {
 	redis := testenv.StartRedis(t)
 	dbURL := testenv.Database(t)
 	bin := buildService(t)
+	token := testenv.Token()
 	common := []string{
+		"API_TOKENS=" + token,
 		"DATABASE_URL=" + dbURL,
 		"REDIS_URL=" + redis.URL(),
 		"CACHE_KEY_PREFIX=" + testenv.Name("e2e"),
@@ -419,6 +426,7 @@ func setUp(t *testing.T) *target {
 	}
 	service := testenv.Name("cacheside-e2e-")
 	tg := &target{
+		token:       token,
 		service:     service,
 		databaseURL: dbURL,
 		jaeger:      jaeger{base: j.query},

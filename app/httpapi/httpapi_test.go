@@ -35,12 +35,14 @@ type env struct {
 	logs        *testenv.Buffer
 	svc         *service.Service
 	databaseURL string
+	token       string // sent on every request of do (API_TOKENS holds it, as in production)
 }
 
 type setup struct {
 	databaseURL string // default: a fresh database on the shared test server
 	redisURL    string // default: the shared test Redis
 	nearCache   bool   // turn the in-process tier on, with entries living a minute
+	overrides   []string
 }
 
 func start(t testing.TB, s setup) *env {
@@ -55,7 +57,7 @@ func start(t testing.TB, s setup) *env {
 	if s.nearCache {
 		overrides = append(overrides, "CACHE_LOCAL_ENABLED=true", "CACHE_LOCAL_TTL=1m")
 	}
-	cfg := testenv.Config(t, overrides...)
+	cfg := testenv.Config(t, append(overrides, s.overrides...)...)
 	logs := &testenv.Buffer{}
 	log := logging.New(logs, "debug", "json")
 	svc, err := service.Open(context.Background(), cfg, log)
@@ -74,7 +76,11 @@ func start(t testing.TB, s setup) *env {
 	router := svc.Handler(nil).(*gin.Engine)
 	srv := httptest.NewServer(router)
 	t.Cleanup(srv.Close)
-	return &env{url: srv.URL, router: router, logs: logs, svc: svc, databaseURL: cfg.DatabaseURL}
+	e := &env{url: srv.URL, router: router, logs: logs, svc: svc, databaseURL: cfg.DatabaseURL}
+	if len(cfg.APITokens) > 0 {
+		e.token = cfg.APITokens[0]
+	}
+	return e
 }
 
 type response struct {
@@ -100,6 +106,9 @@ func (e *env) do(t *testing.T, method, path, contentType string, body io.Reader)
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
+	}
+	if e.token != "" {
+		req.Header.Set("Authorization", "Bearer "+e.token)
 	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -346,6 +355,7 @@ func TestCacheLogLinesCarryTheRequestsTraceID(t *testing.T) {
 	req, _ := http.NewRequest("POST", e.url+"/samples", strings.NewReader(`{"title":"traced"}`))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+	req.Header.Set("Authorization", "Bearer "+e.token)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

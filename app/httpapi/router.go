@@ -57,6 +57,8 @@ type Deps struct {
 	RetryAfter time.Duration
 	// Metrics serves GET /metrics (Prometheus format); nil leaves the route out.
 	Metrics http.Handler
+	// Auth says which requests need a bearer token (auth.go); the zero value refuses every write.
+	Auth Auth
 }
 
 // untraced routes are probes and scrapes: frequent, uninteresting, and they would dominate
@@ -74,6 +76,8 @@ func NewRouter(d Deps) *gin.Engine {
 	// Tracing first, so the access log and error lines carry the request's trace id.
 	r.Use(otelgin.Middleware("cacheside", otelgin.WithGinFilter(func(c *gin.Context) bool { return !untraced[c.FullPath()] })))
 	r.Use(accessLog(d.Log), recoverMiddleware(), errorsMiddleware(d.RetryAfter))
+	// After the error path, so a 401 is rendered, logged and traced like any other error.
+	r.Use(authenticate(d.Auth))
 
 	h := handlers{d}
 	r.GET("/healthz", h.healthz)

@@ -177,7 +177,13 @@ func (s *Service) Handler(metrics http.Handler) http.Handler {
 		MaxBodyBytes: s.Config.HTTPMaxBodyBytes,
 		RetryAfter:   s.Config.HTTPRetryAfter,
 		Metrics:      metrics,
+		Auth:         Auth(s.Config),
 	})
+}
+
+// Auth maps the configuration onto the router's authentication.
+func Auth(cfg config.Config) httpapi.Auth {
+	return httpapi.Auth{Tokens: cfg.APITokens, Reads: cfg.APIAuthReads, Disabled: cfg.APIAuthDisabled}
 }
 
 // ServerOptions are the HTTP server's limits from the configuration.

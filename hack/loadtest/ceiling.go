@@ -73,6 +73,8 @@ func serveCeiling(ctx context.Context, specPath string, stderr io.Writer) error 
 		MaxBodyBytes: cfg.HTTPMaxBodyBytes,
 		RetryAfter:   cfg.HTTPRetryAfter,
 		Metrics:      tel.Metrics,
+		// The service's own guard, so its cost on a read is measured too.
+		Auth: httpapi.Auth{Tokens: cfg.APITokens, Reads: cfg.APIAuthReads, Disabled: cfg.APIAuthDisabled},
 	})
 	server := httpapi.ServerOptions{
 		Addr: spec.Addr, ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout, ReadTimeout: cfg.HTTPReadTimeout,

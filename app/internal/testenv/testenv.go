@@ -197,6 +197,13 @@ func Redis(t testing.TB) (*redis.Client, string) {
 	return rdb, prefix
 }
 
+// Token returns a new random bearer token, as hack/dev makes one for make run.
+func Token() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
 // FreePort asks the kernel for a free loopback TCP port.
 func FreePort(t testing.TB) int {
 	t.Helper()
@@ -228,9 +235,11 @@ func Eventually(t testing.TB, within time.Duration, cond func() error) {
 // Config returns the service's configuration as production loads it, from config.Load: every
 // variable the service reads is unset (the shell's environment never leaks in), then
 // DATABASE_URL names a fresh database (unless an override sets it) and REDIS_URL the shared test
-// Redis, CACHE_KEY_PREFIX is private to the test (its keys are deleted at the end), and
-// overrides ("NAME=value") are applied last. A
-// test that needs another setting says so in its overrides, so defaults are what is tested.
+// Redis, CACHE_KEY_PREFIX is private to the test (its keys are deleted at the end), API_TOKENS
+// holds one random token, as a deployment's Secret would (unless an override sets API_TOKENS or
+// API_AUTH_DISABLED; cfg.APITokens[0] is the token to send), and overrides ("NAME=value") are
+// applied last. A test that needs another setting says so in its overrides, so defaults are what
+// is tested.
 func Config(t testing.TB, overrides ...string) config.Config {
 	t.Helper()
 	for _, v := range config.Vars() {
@@ -242,6 +251,11 @@ func Config(t testing.TB, overrides ...string) config.Config {
 	t.Setenv("CACHE_KEY_PREFIX", prefix)
 	if !slices.ContainsFunc(overrides, func(kv string) bool { return strings.HasPrefix(kv, "DATABASE_URL=") }) {
 		t.Setenv("DATABASE_URL", Database(t))
+	}
+	if !slices.ContainsFunc(overrides, func(kv string) bool {
+		return strings.HasPrefix(kv, "API_TOKENS=") || strings.HasPrefix(kv, "API_AUTH_DISABLED=")
+	}) {
+		t.Setenv("API_TOKENS", Token())
 	}
 	for _, kv := range overrides {
 		name, value, ok := strings.Cut(kv, "=")
