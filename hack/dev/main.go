@@ -12,12 +12,15 @@
 //
 // run uses DATABASE_URL and REDIS_URL when set, else keeps a dev PostgreSQL on PG_DEV_PORT
 // (15432) and a dev Redis on REDIS_DEV_PORT (16379) under .run/dev, and starts Jaeger unless
-// OTEL_EXPORTER_OTLP_ENDPOINT is set. Ctrl-C sends the service SIGTERM, as Kubernetes does, and
+// OTEL_EXPORTER_OTLP_ENDPOINT is set. Unless API_TOKENS or API_AUTH_DISABLED is set, the service
+// gets the dev API token kept in .run/dev/api-token (made once, mode 0600). Ctrl-C sends the service SIGTERM, as Kubernetes does, and
 // stops what was started (dev data stays). Only servers this command started are stopped.
 package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -270,10 +273,44 @@ func run(ctx context.Context, root string) (int, error) {
 			return 1, fmt.Errorf("cacheside %s: %w", strings.Join(args, " "), err)
 		}
 	}
+	if os.Getenv("API_TOKENS") == "" && os.Getenv("API_AUTH_DISABLED") == "" {
+		path := filepath.Join(dev, "api-token")
+		token, err := devToken(path)
+		if err != nil {
+			return 1, err
+		}
+		os.Setenv("API_TOKENS", token)
+		rel, _ := filepath.Rel(root, path)
+		port := os.Getenv("HTTP_ADDR")[strings.LastIndex(os.Getenv("HTTP_ADDR"), ":")+1:]
+		logf("POST, PUT and DELETE need the dev API token, kept in %s (mode 0600, survives restarts):", rel)
+		logf("  TOKEN=$(cat %s)", rel)
+		logf(`  curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{"title":"hello"}' localhost:%s/samples`, port)
+	}
 	logf("cacheside serve (Ctrl-C to stop)")
 	cmd := exec.Command(bin, "serve")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	return exitCode(supervise(cmd, syscall.SIGTERM))
+}
+
+// devToken returns the dev API token kept at path, first making a random one (32 bytes, hex) in
+// a file only its owner can read. API_TOKENS set in the environment wins over it.
+func devToken(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		// A copy made with a looser umask, or restored from a backup, is tightened again.
+		return strings.TrimSpace(string(b)), os.Chmod(path, 0o600)
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("making the dev API token: %w", err)
+	}
+	token := hex.EncodeToString(b[:])
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("keeping the dev API token: %w", err)
+	}
+	return token, nil
 }
 
 // clean stops every server under .run, Jaeger included, and deletes .run (dev data too).

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -20,6 +23,7 @@ import (
 // service is one cacheside process. It can be killed and started again on the same port.
 type service struct {
 	name, bin, addr string
+	token           string // the API token every request carries
 	env             []string
 	logPath         string
 	client          *http.Client
@@ -30,9 +34,9 @@ type service struct {
 	started time.Time
 }
 
-func newService(name, bin, dir string, port int, env []string, clients int) *service {
+func newService(name, bin, dir string, port int, env []string, token string, clients int) *service {
 	return &service{
-		name: name, bin: bin, addr: fmt.Sprintf("127.0.0.1:%d", port),
+		name: name, bin: bin, addr: fmt.Sprintf("127.0.0.1:%d", port), token: token,
 		env:     append(env, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port)),
 		logPath: filepath.Join(dir, name+".log"),
 		client: &http.Client{Transport: &http.Transport{
@@ -83,6 +87,27 @@ func (s *service) start(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// refusesAnonymousWrites checks that authentication is on: a write without the token is answered
+// 401. A soak of a service that took anyone's writes would prove nothing about the one deployed.
+func (s *service) refusesAnonymousWrites() error {
+	res, err := s.client.Post(s.url("/samples"), "application/json", strings.NewReader(`{"title":"anonymous"}`))
+	if err != nil {
+		return fmt.Errorf("%s: an anonymous write: %w", s.name, err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized {
+		return fmt.Errorf("%s answered an anonymous write %d, want 401: the soak runs with authentication on", s.name, res.StatusCode)
+	}
+	return nil
+}
+
+// newToken returns a random API token for the services.
+func newToken() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // kill ends the process as a crash would (SIGKILL) and waits for it.
@@ -169,8 +194,10 @@ func startEnvironment(ctx context.Context, o options, log io.Writer) (*environme
 		env.close()
 		return nil, err
 	}
+	// Authentication on, as in production: every request carries the token (workload.go).
+	token := newToken()
 	common := []string{
-		"DATABASE_URL=" + env.pg.URL(), "REDIS_URL=" + env.redis.URL(),
+		"DATABASE_URL=" + env.pg.URL(), "REDIS_URL=" + env.redis.URL(), "API_TOKENS=" + token,
 		"CACHE_LOCAL_ENABLED=" + strconv.FormatBool(o.nearCache), "LOG_LEVEL=info", "LOG_FORMAT=json",
 	}
 	migrate := exec.CommandContext(ctx, o.bin, "migrate")
@@ -185,8 +212,12 @@ func startEnvironment(ctx context.Context, o options, log io.Writer) (*environme
 			env.close()
 			return nil, err
 		}
-		svc := newService(name, o.bin, o.out, port, common, o.clients)
+		svc := newService(name, o.bin, o.out, port, common, token, o.clients)
 		if err := svc.start(ctx); err != nil {
+			env.close()
+			return nil, err
+		}
+		if err := svc.refusesAnonymousWrites(); err != nil {
 			env.close()
 			return nil, err
 		}

@@ -24,7 +24,20 @@ type report struct {
 }
 
 func (r *report) ok() bool {
-	return len(r.violations) == 0 && len(r.lost) == 0 && len(r.unknown) == 0 && len(r.serverErrorsOutsideFaults()) == 0
+	return len(r.violations) == 0 && len(r.lost) == 0 && len(r.unknown) == 0 && len(r.serverErrorsOutsideFaults()) == 0 &&
+		len(r.refused()) == 0
+}
+
+// refused are the requests answered 401. Every request carries the services' token, so one means
+// authentication broke; the writes it refused would otherwise pass as writes of unknown outcome.
+func (r *report) refused() []record {
+	var out []record
+	for _, rec := range r.rec.Records {
+		if rec.Status == 401 {
+			out = append(out, rec)
+		}
+	}
+	return out
 }
 
 // inFault reports whether [call, ret] overlaps a fault or the grace after it.
@@ -120,6 +133,9 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintf(w, "process may lag a write by CACHE_LOCAL_TTL (%s)\n", nearCacheTTL)
 	errs := r.serverErrorsOutsideFaults()
 	fmt.Fprintf(w, "violations: %d   lost writes: %d   undecided: %d   5xx outside fault windows: %d\n", len(r.violations), len(r.lost), len(r.unknown), len(errs))
+	if refused := r.refused(); len(refused) > 0 {
+		fmt.Fprintf(w, "refused with 401 though the token was sent: %d (first: %s on %s)\n", len(refused), refused[0].Kind, procName(refused[0].Proc))
+	}
 	for _, key := range r.violations {
 		fmt.Fprintf(w, "  sample %d: a read saw data older than a write that had returned\n", key)
 	}

@@ -202,6 +202,7 @@ func (w *worker) write(_ context.Context, p int, kind string, id int64) record {
 	}
 	req, _ := http.NewRequestWithContext(ctx, method, w.services[p].url(path), body)
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+w.services[p].token)
 	req.Header.Set("traceparent", "00-"+r.Trace+"-00f067aa0ba902b7-01")
 	r.Call = w.h.now()
 	res, err := w.services[p].client.Do(req)
