@@ -84,10 +84,13 @@ func (t *Tokens) Decode(v string) error {
 	return nil
 }
 
-func (t Tokens) String() string             { return fmt.Sprintf("(%d tokens withheld)", len(t)) }
-func (t Tokens) GoString() string           { return t.String() }
+func (t Tokens) String() string { return fmt.Sprintf("(%d tokens withheld)", len(t)) }
+
+// Format prints String for every verb, %#v and %+v too, also as a field of a printed Config.
 func (t Tokens) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, t.String()) }
-func (t Tokens) LogValue() slog.Value       { return slog.StringValue(t.String()) }
+
+// LogValue keeps the tokens out of slog lines.
+func (t Tokens) LogValue() slog.Value { return slog.StringValue(t.String()) }
 
 // MinTokenLength is the shortest token accepted: a token is a password a client sends on every
 // write, so it must not be guessable (hack/dev generates 64 hex characters).

@@ -40,11 +40,11 @@ func authenticate(a Auth) gin.HandlerFunc {
 		digests[i] = sha256.Sum256([]byte(t))
 	}
 	return func(c *gin.Context) {
+		token, present, wellFormed := bearer(c.Request.Header)
+		c.Request.Header.Del("Authorization") // on every request, needed or not
 		if a.Disabled || !needsToken(c.Request.Method, c.FullPath(), a.Reads) {
 			return
 		}
-		token, present, wellFormed := bearer(c.Request.Header)
-		c.Request.Header.Del("Authorization")
 		var err error
 		switch {
 		case !present:
