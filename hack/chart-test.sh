@@ -90,10 +90,12 @@ for values in "" "${values_files[@]}"; do
 	fi
 	log "$name: helm lint --strict, helm template | kubeconform -strict"
 	"$bin/helm" lint --strict --quiet "$chart" "${args[@]}"
-	# helm template cannot look up the bundled services' Secrets, so the chart stops unless their passwords are
-	# given (the chart README, Installing with Argo CD and Flux); helm lint checks the templates without them.
+	# helm template cannot look up the bundled services' Secrets or the chart's, so the chart stops unless their
+	# passwords and the API tokens are given (the chart README, Installing with Argo CD and Flux); helm lint checks
+	# the templates without them.
 	"$bin/helm" template demo "$chart" --namespace demo "${args[@]}" \
-		--set postgresql.auth.password=offline-render,redis.auth.password=offline-render >"$tmp/manifest.yaml"
+		--set postgresql.auth.password=offline-render,redis.auth.password=offline-render \
+		--set 'auth.tokens={offline-render-api-token}' >"$tmp/manifest.yaml"
 	"$bin/kubeconform" -strict -summary \
 		-kubernetes-version "${kube_version#v}" \
 		-schema-location "$schemas/{{ .ResourceKind }}{{ .KindSuffix }}.json" \

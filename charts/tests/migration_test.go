@@ -54,9 +54,11 @@ func TestThePodsMigrateBeforeServingUnderAnyInstaller(t *testing.T) {
 				t.Errorf("envFrom differs from the server's (-server +init):\n%s", diff)
 			}
 			// The same settings; only the database credentials may differ (the owner's, for the app role's),
-			// and GOMEMLIMIT, which follows each container's own memory limit (migration.resources here).
+			// GOMEMLIMIT, which follows each container's own memory limit (migration.resources here), and the
+			// API's, which only the server gets (auth_test.go).
 			withoutDB := cmpopts.IgnoreSliceElements(func(e corev1.EnvVar) bool {
-				return e.Name == "DATABASE_URL" || e.Name == "DATABASE_PASSWORD" || e.Name == "GOMEMLIMIT"
+				return e.Name == "DATABASE_URL" || e.Name == "DATABASE_PASSWORD" || e.Name == "GOMEMLIMIT" ||
+					strings.HasPrefix(e.Name, "API_")
 			})
 			if diff := cmp.Diff(server.Env, init.Env, withoutDB); diff != "" {
 				t.Errorf("env differs from the server's (-server +init):\n%s", diff)

@@ -24,12 +24,15 @@ func TestRenderersWithoutTheClusterGetTheSameSecretsOrAClearMessage(t *testing.T
 			set  []string
 			want []string
 		}{
-			{"for Postgres", []string{"redis.auth.password=chosen"}, []string{
+			{"for Postgres", []string{"redis.auth.password=chosen", "auth.tokens={" + apiToken + "}"}, []string{
 				"postgresql.auth.password is empty and this render cannot see the cluster",
 				"postgresql.auth.existingSecret", "Argo CD", "create namespace demo-ns first",
 			}},
-			{"for Redis", []string{"postgresql.auth.password=chosen"}, []string{
+			{"for Redis", []string{"postgresql.auth.password=chosen", "auth.tokens={" + apiToken + "}"}, []string{
 				"redis.auth.password is empty and this render cannot see the cluster", "redis.auth.existingSecret",
+			}},
+			{"for the API tokens", []string{"postgresql.auth.password=chosen", "redis.auth.password=chosen"}, []string{
+				"auth.tokens is empty and this render cannot see the cluster", "auth.existingSecret", "Argo CD", "create namespace demo-ns first",
 			}},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
@@ -50,11 +53,11 @@ func TestRenderersWithoutTheClusterGetTheSameSecretsOrAClearMessage(t *testing.T
 		name, file string
 		set        []string
 	}{
-		{"explicit passwords", "", []string{"postgresql.auth.password=chosen-p", "redis.auth.password=chosen-r"}},
+		{"explicit passwords", "", []string{"postgresql.auth.password=chosen-p", "redis.auth.password=chosen-r", "auth.tokens={" + apiToken + "}"}},
 		{"existing Secrets for the bundled services", "bundled-existing-secrets-values.yaml", nil},
 		{"external services", "existing-secrets-values.yaml", nil},
 		{"external services by URL", "external-values.yaml", nil},
-		{"Redis without a password", "", []string{"postgresql.auth.password=chosen-p", "redis.auth.enabled=false"}},
+		{"Redis without a password", "", []string{"postgresql.auth.password=chosen-p", "redis.auth.enabled=false", "auth.tokens={" + apiToken + "}"}},
 	}
 	for _, tc := range stable {
 		t.Run("with "+tc.name+", two renders are the same", func(t *testing.T) {
@@ -73,7 +76,7 @@ func TestRenderersWithoutTheClusterGetTheSameSecretsOrAClearMessage(t *testing.T
 	}
 
 	t.Run("an explicit password lands in the Secret", func(t *testing.T) {
-		m, err := renderWith(offline, "", "postgresql.auth.password=chosen-p", "redis.auth.password=chosen-r")
+		m, err := renderWith(offline, "", "postgresql.auth.password=chosen-p", "redis.auth.password=chosen-r", "auth.tokens={"+apiToken+"}")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +113,7 @@ func TestHelmKeepsGeneratingAndKeepingPasswordsWhereItSeesTheCluster(t *testing.
 				}
 				return map[string]any{}, nil
 			}
-			m, err := renderWith(renderOptions{upgrade: true, lookup: lookup}, "")
+			m, err := renderWith(renderOptions{upgrade: true, lookup: lookup}, "", "auth.tokens={"+apiToken+"}")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -147,11 +147,15 @@ func TestReplicationSettingsReachTheServiceAsItParsesThem(t *testing.T) {
 				}
 			}
 			for _, e := range c.Env {
-				if e.ValueFrom == nil {
+				switch {
+				case e.ValueFrom == nil:
 					env[e.Name] = e.Value
+				case e.Name == "API_TOKENS": // from a Secret: any well-formed token, as the kubelet would pass one
+					env[e.Name] = apiToken
 				}
 			}
-			cfg := load(t, env)
+			// The server loads as serve does; the migration containers as migrate does (no tokens).
+			cfg := load(t, env, owner == "Deployment")
 			got := map[string]string{
 				"REPLICATION_ENABLED":         strconv.FormatBool(cfg.ReplicationEnabled),
 				"REPLICATION_SLOT":            cfg.ReplicationSlot,
@@ -167,7 +171,7 @@ func TestReplicationSettingsReachTheServiceAsItParsesThem(t *testing.T) {
 
 // load runs the service's config.Load on env (only env: the test's own environment is cleared of the
 // service's variables, and restored afterwards).
-func load(t *testing.T, env map[string]string) config.Config {
+func load(t *testing.T, env map[string]string, serving bool) config.Config {
 	t.Helper()
 	for _, v := range config.Vars() {
 		t.Setenv(v.Name, "")
@@ -178,7 +182,11 @@ func load(t *testing.T, env map[string]string) config.Config {
 	for k, v := range env {
 		t.Setenv(k, v)
 	}
-	cfg, err := config.Load()
+	loadConfig := config.LoadForCommand
+	if serving {
+		loadConfig = config.Load
+	}
+	cfg, err := loadConfig()
 	if err != nil {
 		t.Fatal(err)
 	}

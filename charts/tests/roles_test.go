@@ -167,7 +167,7 @@ func TestTheAppRolePasswordIsKeptLikeTheOwners(t *testing.T) {
 				}
 				return map[string]any{"data": data}, nil
 			}
-			m, err := renderWith(renderOptions{upgrade: true, lookup: lookup}, "", "redis.auth.password=r")
+			m, err := renderWith(renderOptions{upgrade: true, lookup: lookup}, "", "redis.auth.password=r", "auth.tokens={"+apiToken+"}")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -181,7 +181,7 @@ func TestTheAppRolePasswordIsKeptLikeTheOwners(t *testing.T) {
 		}
 	})
 	t.Run("with only the owner's password given, it is derived: stable without the cluster, and not the owner's", func(t *testing.T) {
-		set := []string{"postgresql.auth.password=owner-secret", "redis.auth.password=r"}
+		set := []string{"postgresql.auth.password=owner-secret", "redis.auth.password=r", "auth.tokens={" + apiToken + "}"}
 		first, err := renderWith(renderOptions{offline: true}, "", set...)
 		if err != nil {
 			t.Fatal(err)

@@ -129,7 +129,7 @@ func TestBundledPasswordsAreGeneratedOnceAndKeptAcrossUpgrades(t *testing.T) {
 				"password": base64.StdEncoding.EncodeToString([]byte("kept-" + name)),
 			}}, nil
 		}
-		m, err := renderWith(renderOptions{upgrade: true, lookup: lookup}, "")
+		m, err := renderWith(renderOptions{upgrade: true, lookup: lookup}, "", "auth.tokens={"+apiToken+"}")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -116,10 +116,13 @@ OTEL_SDK_DISABLED: "true"
 {{- end }}
 
 {{/*
-Credentials given inline (externalDatabase.url / externalRedis.url): the data of the chart's Secret. Empty
-when every credential comes from the subcharts' or the user's Secrets.
+Credentials given inline (externalDatabase.url / externalRedis.url) and the API's tokens: the data of the chart's
+Secret. Empty when every credential comes from the subcharts' or the user's Secrets.
 */}}
 {{- define "cacheside.secretData" -}}
+{{- if not .Values.auth.existingSecret }}
+API_TOKENS: {{ include "cacheside.apiTokens" . | b64enc | quote }}
+{{- end }}
 {{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.url }}
 DATABASE_URL: {{ .Values.externalDatabase.url | b64enc | quote }}
 {{- end }}
@@ -186,6 +189,48 @@ any of the same name.
 {{- end }}
 {{- include "cacheside.databaseEnv" . }}
 {{- include "cacheside.redisEnv" . }}
+{{- if not (hasKey . "migrationCredentials") }}
+# Only the server: the migrations serve no requests and are not handed the tokens.
+- name: API_TOKENS
+  {{- include "cacheside.apiTokensRef" . | nindent 2 }}
+{{- if .Values.auth.reads }}
+- name: API_AUTH_READS
+  value: "true"
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The API's tokens for the chart's Secret, comma-separated, as the subcharts treat their passwords: the values if
+given, else the ones already in the cluster (so an upgrade keeps them), else one new random token, but only where
+the render can see the cluster. `helm template`, `--dry-run=client` and Argo CD get an empty answer from every
+`lookup`, so a generated token would differ on every render (Argo CD would never be in sync, and each sync would
+lock the clients out): such a render stops and asks for auth.tokens or auth.existingSecret. `helm lint` renders
+neither an install nor an upgrade: it gets a random one.
+*/}}
+{{- define "cacheside.apiTokens" -}}
+{{- if .Values.auth.tokens }}
+{{- join "," .Values.auth.tokens }}
+{{- else }}
+{{- $current := dig "data" "API_TOKENS" "" (lookup "v1" "Secret" .Release.Namespace (include "cacheside.fullname" .)) }}
+{{- $live := lookup "v1" "ConfigMap" .Release.Namespace "kube-root-ca.crt" }}
+{{- if $current }}
+{{- b64dec $current }}
+{{- else if or $live (not (or .Release.IsInstall .Release.IsUpgrade)) }}
+{{- randAlphaNum 40 }}
+{{- else }}
+{{- fail (printf "auth.tokens is empty and this render cannot see the cluster (helm template, --dry-run=client, Argo CD, or a namespace that does not exist yet): a generated API token would change on every render. Set auth.existingSecret to a Secret you manage (recommended with Argo CD or Flux; key: auth.existingSecretTokensKey) or auth.tokens; with helm install --create-namespace, create namespace %s first. See the chart README, Installing with Argo CD and Flux." .Release.Namespace) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Where the pods read API_TOKENS: the chart's Secret, or the user's. */}}
+{{- define "cacheside.apiTokensRef" -}}
+{{- if .Values.auth.existingSecret }}
+{{- include "cacheside.secretRef" (dict "name" .Values.auth.existingSecret "key" .Values.auth.existingSecretTokensKey) }}
+{{- else }}
+{{- include "cacheside.secretRef" (dict "name" (include "cacheside.fullname" .) "key" "API_TOKENS") }}
+{{- end }}
 {{- end }}
 
 {{- define "cacheside.secretRef" -}}
