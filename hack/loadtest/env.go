@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -88,6 +90,15 @@ func setUp(ctx context.Context, o *options, stderr io.Writer) (_ *environment, e
 	}
 	if err := os.Setenv("REDIS_URL", redisURL); err != nil {
 		return nil, err
+	}
+	// serve refuses to start without API tokens. The load test only reads, so the token is never
+	// sent; it is a random one, as a deployment's would be, and API_TOKENS set by the caller wins.
+	if os.Getenv("API_TOKENS") == "" {
+		var b [32]byte
+		_, _ = rand.Read(b[:])
+		if err := os.Setenv("API_TOKENS", hex.EncodeToString(b[:])); err != nil {
+			return nil, err
+		}
 	}
 
 	migrate := exec.CommandContext(ctx, o.bin, "migrate")
