@@ -41,6 +41,7 @@ type setup struct {
 	databaseURL string // default: a fresh database on the shared test server
 	redisURL    string // default: the shared test Redis
 	nearCache   bool   // turn the in-process tier on, with entries living a minute
+	overrides   []string
 }
 
 func start(t testing.TB, s setup) *env {
@@ -55,7 +56,7 @@ func start(t testing.TB, s setup) *env {
 	if s.nearCache {
 		overrides = append(overrides, "CACHE_LOCAL_ENABLED=true", "CACHE_LOCAL_TTL=1m")
 	}
-	cfg := testenv.Config(t, overrides...)
+	cfg := testenv.Config(t, append(overrides, s.overrides...)...)
 	logs := &testenv.Buffer{}
 	log := logging.New(logs, "debug", "json")
 	svc, err := service.Open(context.Background(), cfg, log)
