@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"reflect"
 	"strings"
@@ -26,7 +27,15 @@ type Config struct {
 	HTTPWriteTimeout      time.Duration `envconfig:"HTTP_WRITE_TIMEOUT" default:"30s" desc:"time allowed to write a response"`
 	HTTPIdleTimeout       time.Duration `envconfig:"HTTP_IDLE_TIMEOUT" default:"120s" desc:"keep-alive idle timeout"`
 	HTTPMaxBodyBytes      int64         `envconfig:"HTTP_MAX_BODY_BYTES" default:"1048576" desc:"largest request body accepted (413 above)"`
-	HTTPRetryAfter        time.Duration `envconfig:"HTTP_RETRY_AFTER" default:"5s" desc:"Retry-After suggested to clients (whole seconds) when the database is unavailable"`
+	HTTPRetryAfter        time.Duration `envconfig:"HTTP_RETRY_AFTER" default:"5s" desc:"Retry-After suggested to clients (whole seconds) when the database is unavailable or the replica sheds load"`
+	HTTPTrustedProxies    []string      `envconfig:"HTTP_TRUSTED_PROXIES" default:"" desc:"comma-separated addresses or CIDRs of the proxies (Ingress controller, load balancer) whose X-Forwarded-For names the client for rate limits; empty: the peer's address is the client"`
+	HTTPMaxInFlight       int           `envconfig:"HTTP_MAX_IN_FLIGHT" default:"256" desc:"requests a replica serves at once (probes and /metrics not counted); past it a request is answered 503 with Retry-After at once; 0: no bound"`
+
+	RateLimitEnabled         bool `envconfig:"RATE_LIMIT_ENABLED" default:"true" desc:"hold each client (address) to the read and write budgets below, across replicas through Redis (in process per replica while Redis is unusable); 429 past them"`
+	RateLimitReadsPerSecond  int  `envconfig:"RATE_LIMIT_READS_PER_SECOND" default:"50" desc:"reads (GET, HEAD, OPTIONS) a client may make per second, sustained"`
+	RateLimitReadBurst       int  `envconfig:"RATE_LIMIT_READ_BURST" default:"100" desc:"reads a client may make at once above the sustained rate"`
+	RateLimitWritesPerSecond int  `envconfig:"RATE_LIMIT_WRITES_PER_SECOND" default:"10" desc:"writes (every other method) a client may make per second, sustained"`
+	RateLimitWriteBurst      int  `envconfig:"RATE_LIMIT_WRITE_BURST" default:"20" desc:"writes a client may make at once above the sustained rate"`
 
 	APITokens       Tokens `envconfig:"API_TOKENS" desc:"bearer tokens that POST, PUT and DELETE require (Authorization: Bearer <token>), comma-separated: several at once let a token be rotated without downtime; required unless API_AUTH_DISABLED is true"`
 	APIAuthReads    bool   `envconfig:"API_AUTH_READS" default:"false" desc:"require a token for reads too (GET /sample, /cache, /samples/:id); probes and /metrics never need one"`
@@ -129,7 +138,7 @@ func typeName(t reflect.Type) string {
 		return "float"
 	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Uint64:
 		return "integer"
-	case t == reflect.TypeFor[Tokens]():
+	case t.Kind() == reflect.Slice:
 		return "list"
 	default:
 		return t.Kind().String()
@@ -240,6 +249,30 @@ func (c Config) validate(serving bool) []string {
 	} else {
 		if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 			p = append(p, "DATABASE_URL: must be a postgres:// or postgresql:// URL")
+		}
+	}
+	for _, proxy := range c.HTTPTrustedProxies {
+		if _, err := netip.ParsePrefix(proxy); err != nil {
+			if _, err := netip.ParseAddr(proxy); err != nil {
+				p = append(p, "HTTP_TRUSTED_PROXIES: must be comma-separated IP addresses or CIDRs such as 10.0.0.0/8")
+				break
+			}
+		}
+	}
+	if c.HTTPMaxInFlight < 0 {
+		p = append(p, "HTTP_MAX_IN_FLIGHT: must be 0 (no bound) or more")
+	}
+	if c.RateLimitEnabled {
+		for _, v := range []struct {
+			name string
+			n    int
+		}{
+			{"RATE_LIMIT_READS_PER_SECOND", c.RateLimitReadsPerSecond}, {"RATE_LIMIT_READ_BURST", c.RateLimitReadBurst},
+			{"RATE_LIMIT_WRITES_PER_SECOND", c.RateLimitWritesPerSecond}, {"RATE_LIMIT_WRITE_BURST", c.RateLimitWriteBurst},
+		} {
+			if v.n < 1 {
+				p = append(p, v.name+": must be at least 1 (RATE_LIMIT_ENABLED=false turns limits off)")
+			}
 		}
 	}
 	if c.DatabaseMaxConns < 1 {

@@ -11,6 +11,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"go.opentelemetry.io/contrib/instrumentation/github.com/gin-gonic/gin/otelgin"
 
+	"github.com/cacheside/cacheside/app/ratelimit"
 	"github.com/cacheside/cacheside/app/samples"
 	"github.com/cacheside/cacheside/app/view"
 )
@@ -57,6 +58,13 @@ type Deps struct {
 	RetryAfter time.Duration
 	// Metrics serves GET /metrics (Prometheus format); nil leaves the route out.
 	Metrics http.Handler
+	// TrustedProxies are the addresses and CIDRs whose X-Forwarded-For names the client; the
+	// peer's address names it otherwise. Empty: no peer is trusted.
+	TrustedProxies []string
+	// MaxInFlight bounds the requests served at once (503 past it); 0: no bound.
+	MaxInFlight int
+	// Limiter holds each client to its read and write budgets (429 past them); nil: no limits.
+	Limiter *ratelimit.Limiter
 	// Auth says which requests need a bearer token (auth.go); the zero value refuses every write.
 	Auth Auth
 }
@@ -71,12 +79,22 @@ func NewRouter(d Deps) *gin.Engine {
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
 	r.ContextWithFallback = true
-	_ = r.SetTrustedProxies(nil) // never trust X-Forwarded-For from arbitrary peers
+	// X-Forwarded-For only from the configured proxies (validated by config), read from the
+	// right past them; X-Real-IP is not read, so a client cannot smuggle one through a proxy
+	// that sets only X-Forwarded-For.
+	r.RemoteIPHeaders = []string{"X-Forwarded-For"}
+	if err := r.SetTrustedProxies(d.TrustedProxies); err != nil {
+		_ = r.SetTrustedProxies(nil)
+		d.Log.Error("trusted proxies ignored", "err", err)
+	}
 
 	// Tracing first, so the access log and error lines carry the request's trace id.
 	r.Use(otelgin.Middleware("cacheside", otelgin.WithGinFilter(func(c *gin.Context) bool { return !untraced[c.FullPath()] })))
 	r.Use(accessLog(d.Log), recoverMiddleware(), errorsMiddleware(d.RetryAfter))
-	// After the error path, so a 401 is rendered, logged and traced like any other error.
+	// Shedding before limiting: it costs nothing, and a refused request holds no Redis call.
+	r.Use(shed(d.MaxInFlight, d.RetryAfter), rateLimit(d.Limiter))
+	// After the error path, so a 401 is rendered, logged and traced like any other error, and
+	// after the limiter, so guessing tokens is held to the write budget.
 	r.Use(authenticate(d.Auth))
 
 	h := handlers{d}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/extra/redisotel/v9"
@@ -26,6 +27,7 @@ import (
 	"github.com/cacheside/cacheside/app/platform/postgres"
 	"github.com/cacheside/cacheside/app/platform/redisclient"
 	"github.com/cacheside/cacheside/app/platform/telemetry"
+	"github.com/cacheside/cacheside/app/ratelimit"
 	"github.com/cacheside/cacheside/app/replication"
 	"github.com/cacheside/cacheside/app/samples"
 )
@@ -178,6 +180,25 @@ func (s *Service) Handler(metrics http.Handler) http.Handler {
 		RetryAfter:   s.Config.HTTPRetryAfter,
 		Metrics:      metrics,
 		Auth:         Auth(s.Config),
+
+		TrustedProxies: s.Config.HTTPTrustedProxies,
+		MaxInFlight:    s.Config.HTTPMaxInFlight,
+		Limiter:        s.rateLimiter(),
+	})
+}
+
+// rateLimiter is the per-client limiter from the configuration, nil when it is off. Its Redis
+// calls go through the cache's guards (one view of whether Redis is usable), under the same
+// key prefix.
+func (s *Service) rateLimiter() *ratelimit.Limiter {
+	if !s.Config.RateLimitEnabled {
+		return nil
+	}
+	return ratelimit.New(s.Redis, s.Cache, ratelimit.Options{
+		Prefix: s.Config.CacheKeyPrefix,
+		Read:   ratelimit.Policy{Name: "reads", Rate: s.Config.RateLimitReadsPerSecond, Burst: s.Config.RateLimitReadBurst},
+		Write:  ratelimit.Policy{Name: "writes", Rate: s.Config.RateLimitWritesPerSecond, Burst: s.Config.RateLimitWriteBurst},
+		Logger: s.Log,
 	})
 }
 
@@ -201,8 +222,23 @@ func (s *Service) ServerOptions() httpapi.ServerOptions {
 // health is what /readyz reports: Postgres decides readiness, Redis is described.
 type health struct{ s *Service }
 
-func (h health) Postgres(ctx context.Context) error { return h.s.Pool.Ping(ctx) }
-func (h health) Redis(ctx context.Context) any      { return h.s.Cache.Health(ctx) }
+func (h health) Redis(ctx context.Context) any { return h.s.Cache.Health(ctx) }
+
+// Postgres pings through the pool, unless every pooled connection is busy serving requests (a
+// slow query, a held lock, the in-flight bound reached): waiting for one would report a busy
+// Postgres as down and take the replica, and with it its cache hits, out of the Service. Postgres
+// is then asked on a connection of its own.
+func (h health) Postgres(ctx context.Context) error {
+	if st := h.s.Pool.Stat(); st.IdleConns() > 0 || st.TotalConns() < st.MaxConns() {
+		return h.s.Pool.Ping(ctx)
+	}
+	conn, err := pgx.ConnectConfig(ctx, h.s.Pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return fmt.Errorf("connecting to postgres beside a busy pool: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return conn.Ping(ctx)
+}
 
 // Replication describes the replication follower.
 func (h health) Replication() any {

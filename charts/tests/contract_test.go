@@ -379,6 +379,7 @@ func TestTheSchemaCoversExactlyTheServiceSettingsTheChartDoesNotSetItself(t *tes
 	t.Run("every config key has the JSON type of the service variable", func(t *testing.T) {
 		jsonType := map[string]string{
 			"duration": "string", "integer": "integer", "float": "number", "bool": "boolean", "string": "string",
+			"list": "string", // comma-separated, as envconfig reads a slice
 		}
 		for _, v := range config.Vars() {
 			raw, ok := cfg.Properties[v.Name]
@@ -422,6 +423,9 @@ func TestConfigValuesReachTheConfigMapAsTheServiceParsesThem(t *testing.T) {
 		"REPLICATION_STATUS_INTERVAL": "5s",
 		"SHUTDOWN_TIMEOUT":            "30s",
 		"REDIS_MODE":                  "standalone",
+		"HTTP_TRUSTED_PROXIES":        "10.0.0.0/8,fd00::/8",
+		"HTTP_MAX_IN_FLIGHT":          "512",
+		"RATE_LIMIT_READS_PER_SECOND": "100",
 	}
 	got := map[string]string{}
 	for k := range want {

@@ -240,6 +240,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 
 	var measured []results.Measurement
 	var notes []string
+	fmt.Fprintln(stderr, "the services run with RATE_LIMIT_ENABLED=false: one loopback client this fast is what the per-client limits refuse; HTTP_MAX_IN_FLIGHT stays at its default")
 	if !o.replOnly {
 		b, err := newBench(ctx, o, stderr)
 		if err != nil {

@@ -124,7 +124,7 @@ func run(ctx context.Context, o options, w io.Writer) (*report, error) {
 			return nil, fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	fmt.Fprintf(w, "soak: seed %d, %s, %d clients, near-cache %v, output %s\n", o.seed, o.duration, o.clients, o.nearCache, o.out)
+	fmt.Fprintf(w, "soak: seed %d, %s, %d clients, near-cache %v, rate limits off (one loopback client), output %s\n", o.seed, o.duration, o.clients, o.nearCache, o.out)
 
 	env, err := startEnvironment(ctx, o, log)
 	if err != nil {
