@@ -25,9 +25,10 @@ import (
 // served is the service as the binary assembles it, from the production defaults and
 // overrides, behind a real HTTP server.
 type served struct {
-	url  string
-	logs *testenv.Buffer
-	cfg  string // the database URL
+	url   string
+	logs  *testenv.Buffer
+	cfg   string // the database URL
+	token string // sent with every request that names no Authorization of its own
 }
 
 func serveWith(t *testing.T, overrides ...string) *served {
@@ -46,7 +47,7 @@ func serveWith(t *testing.T, overrides ...string) *served {
 	})
 	srv := httptest.NewServer(svc.Handler(nil))
 	t.Cleanup(srv.Close)
-	return &served{url: srv.URL, logs: logs, cfg: cfg.DatabaseURL}
+	return &served{url: srv.URL, logs: logs, cfg: cfg.DatabaseURL, token: cfg.APITokens[0]}
 }
 
 type answer struct {
@@ -62,6 +63,7 @@ func (s *served) call(t *testing.T, method, path string, header ...string) answe
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Authorization", "Bearer "+s.token)
 	for _, h := range header {
 		k, v, _ := strings.Cut(h, ": ")
 		req.Header.Set(k, v)
@@ -180,6 +182,29 @@ func TestAClientOverItsBudgetGets429WithTheRateLimitFields(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestGuessingTokensIsHeldToTheWriteBudget: the limiter runs before the token check, so a
+// client trying tokens gets its 401s only as fast as the write budget allows, then 429s.
+func TestGuessingTokensIsHeldToTheWriteBudget(t *testing.T) {
+	s := serveWith(t)
+	refused := 0
+	for range 2000 {
+		a := s.call(t, "DELETE", "/samples/1", "Authorization: Bearer "+strings.Repeat("g", 32))
+		switch a.status {
+		case http.StatusUnauthorized:
+			refused++
+			continue
+		case http.StatusTooManyRequests:
+			if refused < 10 {
+				t.Errorf("limited after %d guesses; the write burst is 20", refused)
+			}
+			return
+		default:
+			t.Fatalf("a guessed token: %d %s", a.status, a.body)
+		}
+	}
+	t.Fatalf("%d guessed tokens and none was limited", refused)
 }
 
 func TestReadAndWriteBudgetsAreKeptApart(t *testing.T) {
