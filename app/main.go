@@ -151,7 +151,7 @@ func serve(ctx context.Context, svc *service.Service, tel *telemetry.Telemetry) 
 		svc.Log.Info("migrations applied")
 	}
 	svc.Follow()
-	return httpapi.Serve(ctx, svc.Log, svc.ServerOptions(), svc.Handler(tel.Metrics))
+	return httpapi.Serve(ctx, svc.Log, svc.ServerOptions(), svc.Handler(), svc.AdminHandler(tel.Metrics))
 }
 
 func seedCommand(ctx context.Context, args []string, stderr io.Writer) error {

@@ -72,13 +72,12 @@ func serveCeiling(ctx context.Context, specPath string, stderr io.Writer) error 
 		Health:       upHealth{},
 		MaxBodyBytes: cfg.HTTPMaxBodyBytes,
 		RetryAfter:   cfg.HTTPRetryAfter,
-		Metrics:      tel.Metrics,
 	})
 	server := httpapi.ServerOptions{
 		Addr: spec.Addr, ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout, ReadTimeout: cfg.HTTPReadTimeout,
 		WriteTimeout: cfg.HTTPWriteTimeout, IdleTimeout: cfg.HTTPIdleTimeout, ShutdownTimeout: cfg.ShutdownTimeout,
 	}
-	if err := httpapi.Serve(ctx, log, server, router); err != nil {
+	if err := httpapi.Serve(ctx, log, server, router, nil); err != nil {
 		return fmt.Errorf("the ceiling: %w", err)
 	}
 	return nil
