@@ -155,7 +155,7 @@ func serve(ctx context.Context, svc *service.Service, tel *telemetry.Telemetry) 
 		svc.Log.Warn("API_AUTH_DISABLED=true: POST, PUT and DELETE are served to anyone without a token; for local development only, never in a deployment")
 	}
 	svc.Follow()
-	return httpapi.Serve(ctx, svc.Log, svc.ServerOptions(), svc.Handler(tel.Metrics))
+	return httpapi.Serve(ctx, svc.Log, svc.ServerOptions(), svc.Handler(), svc.AdminHandler(tel.Metrics))
 }
 
 func seedCommand(ctx context.Context, args []string, stderr io.Writer) error {

@@ -45,9 +45,10 @@ func TestMain(m *testing.M) {
 
 // proc is a running cacheside with its combined output captured.
 type proc struct {
-	cmd  *exec.Cmd
-	out  *testenv.Buffer
-	addr string
+	cmd   *exec.Cmd
+	out   *testenv.Buffer
+	addr  string
+	admin string // the admin port's address: /metrics
 }
 
 func command(t *testing.T, env []string, args ...string) *exec.Cmd {
@@ -63,15 +64,16 @@ func command(t *testing.T, env []string, args ...string) *exec.Cmd {
 
 func serve(t *testing.T, env ...string) *proc {
 	t.Helper()
-	port := testenv.FreePort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	cmd := command(t, append(env, "HTTP_ADDR="+addr), "serve")
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	admin := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	// Later values win: a test may pass its own ADMIN_ADDR.
+	cmd := command(t, append([]string{"HTTP_ADDR=" + addr, "ADMIN_ADDR=" + admin}, env...), "serve")
 	out := &testenv.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, out: out, addr: addr}
+	p := &proc{cmd: cmd, out: out, addr: addr, admin: admin}
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()
@@ -244,10 +246,12 @@ func TestSIGTERMFinishesInFlightRequestsThenExitsZero(t *testing.T) {
 		}
 		return nil
 	})
-	// New connections are refused once shutdown has begun.
-	if res, err := http.Get("http://" + p.addr + "/healthz"); err == nil {
-		res.Body.Close()
-		t.Errorf("a new request was accepted during shutdown: %d", res.StatusCode)
+	// New connections are refused once shutdown has begun, on the admin port too.
+	for _, url := range []string{"http://" + p.addr + "/healthz", "http://" + p.admin + "/metrics"} {
+		if res, err := http.Get(url); err == nil {
+			res.Body.Close()
+			t.Errorf("a new request to %s was accepted during shutdown: %d", url, res.StatusCode)
+		}
 	}
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
@@ -357,8 +361,9 @@ func TestAWriteOnOneReplicaReachesTheOthersNearCache(t *testing.T) {
 	})
 }
 
-// TestMetricsAndLogsCarryWhatOperatorsNeed: request, cache and pool metrics at /metrics, and
-// request log lines carrying the caller's trace id (continued even with tracing off).
+// TestMetricsAndLogsCarryWhatOperatorsNeed: request, cache and pool metrics at /metrics on the
+// admin port (and not on the API's), and request log lines carrying the caller's trace id
+// (continued even with tracing off).
 func TestMetricsAndLogsCarryWhatOperatorsNeed(t *testing.T) {
 	p := serve(t, baseEnv(t)...)
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -375,8 +380,24 @@ func TestMetricsAndLogsCarryWhatOperatorsNeed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusNotFound {
+		t.Errorf("the API port answers GET /metrics with %d, want 404: metrics belong on the admin port", res.StatusCode)
+	}
+	res, err = http.Get("http://" + p.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
 	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Errorf("the admin port answers GET /metrics with %d", res.StatusCode)
+	}
+	if res, err := http.Get("http://" + p.admin + "/cache"); err != nil || res.StatusCode != http.StatusNotFound {
+		t.Errorf("the admin port serves the API: %v %v", res, err)
+	} else {
+		res.Body.Close()
+	}
 	for _, series := range []string{
 		`cacheside_cache_lookups_total{cache_keyspace="list",cache_outcome="hit",cache_tier="redis"`,
 		`cacheside_cache_lookups_total{cache_keyspace="list",cache_outcome="miss",cache_tier="redis"`,

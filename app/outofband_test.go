@@ -142,7 +142,7 @@ func TestChangesMadeOutsideTheAPIReachEveryReplica(t *testing.T) {
 
 	// What an operator watches: the leader's changes, latency, lag and leadership.
 	lead := leader(t, time.Second, a, b)
-	_, metrics := body(t, lead, "/metrics")
+	_, metrics := body(t, &proc{addr: lead.admin}, "/metrics")
 	for _, series := range []string{
 		`cacheside_replication_changes_total{op="update",otel_scope_name="github.com/cacheside/cacheside/app/replication"`,
 		`op="truncate"`,

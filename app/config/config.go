@@ -22,6 +22,7 @@ import (
 // OTEL_* variables are not here: the OpenTelemetry SDK reads them itself.
 type Config struct {
 	HTTPAddr              string        `envconfig:"HTTP_ADDR" default:":8080" desc:"address the HTTP server listens on"`
+	AdminAddr             string        `envconfig:"ADMIN_ADDR" default:":9090" desc:"address the admin server listens on: GET /metrics (Prometheus), kept off the port clients reach"`
 	HTTPReadHeaderTimeout time.Duration `envconfig:"HTTP_READ_HEADER_TIMEOUT" default:"5s" desc:"time allowed to read request headers (slowloris guard)"`
 	HTTPReadTimeout       time.Duration `envconfig:"HTTP_READ_TIMEOUT" default:"15s" desc:"time allowed to read a whole request"`
 	HTTPWriteTimeout      time.Duration `envconfig:"HTTP_WRITE_TIMEOUT" default:"30s" desc:"time allowed to write a response"`
@@ -241,6 +242,12 @@ func (c Config) validate(serving bool) []string {
 	if c.HTTPAddr == "" {
 		p = append(p, "HTTP_ADDR: must be host:port or :port")
 	}
+	switch {
+	case c.AdminAddr == "":
+		p = append(p, "ADMIN_ADDR: must be host:port or :port")
+	case c.AdminAddr == c.HTTPAddr:
+		p = append(p, "ADMIN_ADDR: must differ from HTTP_ADDR (metrics stay off the port clients reach)")
+	}
 	if c.HTTPMaxBodyBytes <= 0 {
 		p = append(p, "HTTP_MAX_BODY_BYTES: must be a positive number of bytes")
 	}
@@ -409,6 +416,7 @@ func Redact(raw string) string {
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("http_addr", c.HTTPAddr),
+		slog.String("admin_addr", c.AdminAddr),
 		slog.Any("api_tokens", c.APITokens),
 		slog.Bool("api_auth_reads", c.APIAuthReads),
 		slog.Bool("api_auth_disabled", c.APIAuthDisabled),

@@ -201,3 +201,22 @@ func TestTokensAreNeverPrinted(t *testing.T) {
 		t.Errorf("the log does not say how many tokens there are: %s", logged.String())
 	}
 }
+
+// TestMetricsCannotShareTheAPIPort: the admin port exists so that a Service or Ingress for
+// clients can leave metrics out; the same address for both would put them back.
+func TestMetricsCannotShareTheAPIPort(t *testing.T) {
+	isolate(t)
+	t.Setenv("DATABASE_URL", "postgres://app@db/app")
+	t.Setenv("REDIS_URL", "redis://cache:6379/0")
+	t.Setenv("API_TOKENS", token)
+	cfg, err := config.Load()
+	if err != nil || cfg.AdminAddr != ":9090" {
+		t.Fatalf("default ADMIN_ADDR = %q, %v; want :9090", cfg.AdminAddr, err)
+	}
+	for _, addr := range []string{":8080", ""} {
+		t.Setenv("ADMIN_ADDR", addr)
+		if _, err := config.Load(); err == nil || !strings.Contains(err.Error(), "ADMIN_ADDR:") {
+			t.Errorf("ADMIN_ADDR=%q was accepted: %v", addr, err)
+		}
+	}
+}

@@ -1,18 +1,22 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/cacheside/cacheside/app/samples"
 	"github.com/cacheside/cacheside/app/view"
@@ -125,29 +129,47 @@ func pathID(c *gin.Context) (int64, error) {
 	return id, nil
 }
 
-// decodeTitle reads {"title": "…"} strictly: one JSON object, no unknown fields, no trailing
-// data, within the size limit, and a title the domain accepts.
+// decodeTitle reads {"title": "…"} strictly: one JSON object of UTF-8 text, no unknown or
+// repeated fields, no trailing data, within the size limit, and a title the domain accepts.
+// Nothing is repaired: encoding/json would turn invalid UTF-8 and escaped lone surrogates into
+// U+FFFD and keep the last of two "title" members, changing the client's data without a word;
+// the v2 decoder (encoding/json/v2's implementation) refuses all three.
 func (h handlers) decodeTitle(c *gin.Context) (string, error) {
+	// Refused before a byte is read: a client that sent Expect: 100-continue is told at once
+	// and uploads nothing (net/http sends 100 Continue only when the body is first read).
+	if c.Request.ContentLength > h.MaxBodyBytes {
+		return "", bodyTooLarge(h.MaxBodyBytes)
+	}
 	if ct := c.GetHeader("Content-Type"); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
+		mt, params, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
 			return "", clientError(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the body as Content-Type: application/json")
 		}
+		// JSON is UTF-8 on the wire (RFC 8259 8.1); a body declared otherwise would be misread.
+		if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+			return "", clientError(http.StatusUnsupportedMediaType, "unsupported_charset", "the body must be UTF-8; charset=%s is not supported", truncate(cs, 40))
+		}
 	}
-	body := http.MaxBytesReader(c.Writer, c.Request.Body, h.MaxBodyBytes)
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
+	// Chunked bodies have no declared length: the reader stops them at the limit.
+	raw, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, h.MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return "", bodyTooLarge(h.MaxBodyBytes)
+		}
+		return "", fmt.Errorf("reading the request body: %w", err)
+	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return "", clientError(http.StatusBadRequest, "invalid_json", "the body is empty; send a JSON object")
+	}
+	if !utf8.Valid(raw) {
+		return "", clientError(http.StatusBadRequest, "invalid_utf8", "the body is not valid UTF-8")
+	}
 	var in *struct { // a pointer, so that a JSON null leaves it nil instead of an empty object
 		Title *string `json:"title"`
 	}
-	if err := dec.Decode(&in); err != nil {
-		return "", decodeError(err, h.MaxBodyBytes)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		if err != nil {
-			return "", decodeError(err, h.MaxBodyBytes)
-		}
-		return "", clientError(http.StatusBadRequest, "invalid_json", "the body must hold exactly one JSON object")
+	if err := json.Unmarshal(raw, &in, json.RejectUnknownMembers(true)); err != nil {
+		return "", decodeError(err)
 	}
 	if in == nil {
 		return "", clientError(http.StatusBadRequest, "invalid_json", "the body must hold exactly one JSON object, not null")
@@ -161,29 +183,41 @@ func (h handlers) decodeTitle(c *gin.Context) (string, error) {
 	return *in.Title, nil
 }
 
-func decodeError(err error, limit int64) error {
+func bodyTooLarge(limit int64) error {
+	return clientError(http.StatusRequestEntityTooLarge, "body_too_large", "the body must be at most %d bytes", limit)
+}
+
+// decodeError maps the v2 decoder's errors. Its syntax messages name what is wrong and where
+// (an escaped lone surrogate, a repeated member, trailing data), and hold nothing internal.
+func decodeError(err error) error {
 	var (
-		tooBig  *http.MaxBytesError
-		syntax  *json.SyntaxError
-		typeErr *json.UnmarshalTypeError
+		syntax   *jsontext.SyntacticError
+		semantic *json.SemanticError
 	)
 	switch {
-	case errors.As(err, &tooBig):
-		return clientError(http.StatusRequestEntityTooLarge, "body_too_large", "the body must be at most %d bytes", limit)
-	case errors.Is(err, io.EOF):
-		return clientError(http.StatusBadRequest, "invalid_json", "the body is empty; send a JSON object")
-	case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):
-		return clientError(http.StatusBadRequest, "invalid_json", "the body is not valid JSON")
-	case errors.As(err, &typeErr):
-		if typeErr.Field == "" {
-			return clientError(http.StatusBadRequest, "invalid_json", "the body must be a JSON object")
-		}
-		return &samples.ValidationError{Field: typeErr.Field, Message: "must be a " + typeErr.Type.String()}
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		// encoding/json has no typed error for this; the message format is part of its API.
-		return clientError(http.StatusBadRequest, "unknown_field", "unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	case errors.As(err, &syntax) && errors.Is(syntax.Err, jsontext.ErrDuplicateName):
+		return clientError(http.StatusBadRequest, "duplicate_field", "the field %s appears more than once", syntax.JSONPointer.LastToken())
+	case errors.As(err, &syntax):
+		return clientError(http.StatusBadRequest, "invalid_json", "the body is not valid JSON: %s at byte %d", syntax.Err, syntax.ByteOffset)
+	case errors.As(err, &semantic) && errors.Is(semantic.Err, json.ErrUnknownName):
+		return clientError(http.StatusBadRequest, "unknown_field", "unknown field %q", semantic.JSONPointer.LastToken())
+	case errors.As(err, &semantic) && semantic.JSONPointer == "":
+		return clientError(http.StatusBadRequest, "invalid_json", "the body must be a JSON object")
+	case errors.As(err, &semantic) && semantic.GoType != nil:
+		return &samples.ValidationError{Field: semantic.JSONPointer.LastToken(), Message: "must be a " + kindOf(semantic.GoType)}
 	}
-	return clientError(http.StatusBadRequest, "invalid_json", "the body could not be read")
+	return clientError(http.StatusBadRequest, "invalid_json", "the body could not be read as a JSON object")
+}
+
+// kindOf names a Go type as a JSON client knows it.
+func kindOf(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() == reflect.String {
+		return "string"
+	}
+	return t.String()
 }
 
 func truncate(s string, n int) string {

@@ -73,7 +73,7 @@ func start(t testing.TB, s setup) *env {
 			return nil
 		})
 	}
-	router := svc.Handler(nil).(*gin.Engine)
+	router := svc.Handler().(*gin.Engine)
 	srv := httptest.NewServer(router)
 	t.Cleanup(srv.Close)
 	e := &env{url: srv.URL, router: router, logs: logs, svc: svc, databaseURL: cfg.DatabaseURL}

@@ -56,8 +56,6 @@ type Deps struct {
 	MaxBodyBytes int64
 	// RetryAfter is suggested to clients when the database is unavailable.
 	RetryAfter time.Duration
-	// Metrics serves GET /metrics (Prometheus format); nil leaves the route out.
-	Metrics http.Handler
 	// TrustedProxies are the addresses and CIDRs whose X-Forwarded-For names the client; the
 	// peer's address names it otherwise. Empty: no peer is trusted.
 	TrustedProxies []string
@@ -69,9 +67,10 @@ type Deps struct {
 	Auth Auth
 }
 
-// untraced routes are probes and scrapes: frequent, uninteresting, and they would dominate
-// sampling. They are logged at debug level for the same reason.
-var untraced = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
+// untraced routes are probes: frequent, uninteresting, and they would dominate sampling. They
+// are logged at debug level for the same reason. (Metrics are not on this router at all: they
+// are served on the admin port, see NewAdmin.)
+var untraced = map[string]bool{"/healthz": true, "/readyz": true}
 
 // NewRouter returns the service's HTTP handler.
 func NewRouter(d Deps) *gin.Engine {
@@ -90,7 +89,9 @@ func NewRouter(d Deps) *gin.Engine {
 
 	// Tracing first, so the access log and error lines carry the request's trace id.
 	r.Use(otelgin.Middleware("cacheside", otelgin.WithGinFilter(func(c *gin.Context) bool { return !untraced[c.FullPath()] })))
-	r.Use(accessLog(d.Log), recoverMiddleware(), errorsMiddleware(d.RetryAfter))
+	// The headers first, so that every response carries them, whoever writes it; the body is
+	// drained after the access log line is written, so its time is not the request's.
+	r.Use(securityHeaders(), drainBody(), accessLog(d.Log), recoverMiddleware(), errorsMiddleware(d.RetryAfter))
 	// Shedding before limiting: it costs nothing, and a refused request holds no Redis call.
 	r.Use(shed(d.MaxInFlight, d.RetryAfter), rateLimit(d.Limiter))
 	// After the error path, so a 401 is rendered, logged and traced like any other error, and
@@ -98,17 +99,20 @@ func NewRouter(d Deps) *gin.Engine {
 	r.Use(authenticate(d.Auth))
 
 	h := handlers{d}
-	r.GET("/healthz", h.healthz)
-	r.GET("/readyz", h.readyz)
-	r.GET("/sample", handle(h.list(d.Direct)))
-	r.GET("/cache", handle(h.list(d.Cached)))
-	r.GET("/samples/:id", handle(h.get))
+	// HTTP requires HEAD wherever GET is served (RFC 9110 9.3.2), and monitors and `curl -I` use
+	// it: the same handler answers, and net/http sends its headers without the body.
+	read := func(path string, handler gin.HandlerFunc) {
+		r.GET(path, handler)
+		r.HEAD(path, handler)
+	}
+	read("/healthz", h.healthz)
+	read("/readyz", h.readyz)
+	read("/sample", handle(h.list(d.Direct)))
+	read("/cache", handle(h.list(d.Cached)))
+	read("/samples/:id", handle(h.get))
 	r.POST("/samples", handle(h.create))
 	r.PUT("/samples/:id", handle(h.update))
 	r.DELETE("/samples/:id", handle(h.delete))
-	if d.Metrics != nil {
-		r.GET("/metrics", gin.WrapH(d.Metrics))
-	}
 
 	r.NoRoute(handle(func(c *gin.Context) error {
 		return clientError(http.StatusNotFound, "route_not_found", "no route %s %s", c.Request.Method, c.Request.URL.Path)

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -9,9 +10,10 @@ import (
 	"time"
 )
 
-// ServerOptions are the HTTP server's limits.
+// ServerOptions are the HTTP servers' addresses and limits.
 type ServerOptions struct {
 	Addr              string
+	AdminAddr         string        // where the admin handler listens, when there is one
 	ReadHeaderTimeout time.Duration // the slowloris guard
 	ReadTimeout       time.Duration
 	WriteTimeout      time.Duration
@@ -19,38 +21,92 @@ type ServerOptions struct {
 	ShutdownTimeout   time.Duration // how long in-flight requests get once ctx is cancelled
 }
 
-// Serve listens on o.Addr and serves h until ctx is cancelled (SIGINT/SIGTERM), then stops
-// accepting and lets in-flight requests finish within o.ShutdownTimeout. The benchmark ceiling
-// serves through this too, so it measures the same server.
-func Serve(ctx context.Context, log *slog.Logger, o ServerOptions, h http.Handler) error {
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: o.ReadHeaderTimeout,
-		ReadTimeout:       o.ReadTimeout,
-		WriteTimeout:      o.WriteTimeout,
-		IdleTimeout:       o.IdleTimeout,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	ln, err := net.Listen("tcp", o.Addr)
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", o.Addr, err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.Info("serving", "addr", ln.Addr().String())
+// NewAdmin returns the admin port's handler: GET (and HEAD) /metrics, nothing else. It is a
+// separate server so that a Service or Ingress for clients can leave it out altogether.
+func NewAdmin(metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics) // a GET pattern serves HEAD too
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		mux.ServeHTTP(w, r)
+	})
+}
 
+// Serve listens on o.Addr for h and, when admin is not nil, on o.AdminAddr for admin, and serves
+// both until ctx is cancelled (SIGINT/SIGTERM); then both stop accepting and let in-flight
+// requests finish within o.ShutdownTimeout. Both listen before either serves, so a port that is
+// taken fails the start. The benchmark ceiling serves through this too, so it measures the same
+// server.
+func Serve(ctx context.Context, log *slog.Logger, o ServerOptions, h, admin http.Handler) error {
+	type server struct {
+		name string
+		srv  *http.Server
+		ln   net.Listener
+	}
+	var servers []server
+	listen := func(name, addr string, h http.Handler) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listening on %s for the %s server: %w", addr, name, err)
+		}
+		servers = append(servers, server{name, &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: o.ReadHeaderTimeout,
+			ReadTimeout:       o.ReadTimeout,
+			WriteTimeout:      o.WriteTimeout,
+			IdleTimeout:       o.IdleTimeout,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}, ln})
+		return nil
+	}
+	err := listen("api", o.Addr, h)
+	if err == nil && admin != nil {
+		err = listen("admin", o.AdminAddr, admin)
+	}
+	if err != nil {
+		for _, s := range servers {
+			_ = s.ln.Close()
+		}
+		return err
+	}
+
+	served := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() {
+			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+				served <- fmt.Errorf("serving %s http: %w", s.name, err)
+			}
+		}()
+		log.Info("serving", "server", s.name, "addr", s.ln.Addr().String())
+	}
+
+	var failed error
 	select {
-	case err := <-served:
-		return fmt.Errorf("serving http: %w", err)
+	case failed = <-served:
 	case <-ctx.Done():
 	}
 	log.Info("shutting down", "timeout", o.ShutdownTimeout.String())
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		_ = srv.Close()
-		return fmt.Errorf("shutting down: in-flight requests did not finish in %s: %w", o.ShutdownTimeout, err)
+	// Both at once, within the one budget.
+	shut := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() {
+			if err := s.srv.Shutdown(sctx); err != nil {
+				_ = s.srv.Close()
+				shut <- fmt.Errorf("shutting down the %s server: in-flight requests did not finish in %s: %w", s.name, o.ShutdownTimeout, err)
+				return
+			}
+			shut <- nil
+		}()
+	}
+	errs := []error{failed}
+	for range servers {
+		errs = append(errs, <-shut)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	log.Info("stopped")
 	return nil

@@ -169,8 +169,8 @@ func CacheOptions(cfg config.Config, log *slog.Logger) cache.Options {
 	}
 }
 
-// Handler is the HTTP API; metrics, when not nil, is served at GET /metrics.
-func (s *Service) Handler(metrics http.Handler) http.Handler {
+// Handler is the HTTP API clients reach.
+func (s *Service) Handler() http.Handler {
 	return httpapi.NewRouter(httpapi.Deps{
 		Log:          s.Log,
 		Direct:       s.Samples,
@@ -178,7 +178,6 @@ func (s *Service) Handler(metrics http.Handler) http.Handler {
 		Health:       health{s},
 		MaxBodyBytes: s.Config.HTTPMaxBodyBytes,
 		RetryAfter:   s.Config.HTTPRetryAfter,
-		Metrics:      metrics,
 		Auth:         Auth(s.Config),
 
 		TrustedProxies: s.Config.HTTPTrustedProxies,
@@ -207,10 +206,16 @@ func Auth(cfg config.Config) httpapi.Auth {
 	return httpapi.Auth{Tokens: cfg.APITokens, Reads: cfg.APIAuthReads, Disabled: cfg.APIAuthDisabled}
 }
 
-// ServerOptions are the HTTP server's limits from the configuration.
+// AdminHandler is what the admin port (ADMIN_ADDR) serves: metrics at GET /metrics.
+func (s *Service) AdminHandler(metrics http.Handler) http.Handler {
+	return httpapi.NewAdmin(metrics)
+}
+
+// ServerOptions are the HTTP servers' addresses and limits from the configuration.
 func (s *Service) ServerOptions() httpapi.ServerOptions {
 	return httpapi.ServerOptions{
 		Addr:              s.Config.HTTPAddr,
+		AdminAddr:         s.Config.AdminAddr,
 		ReadHeaderTimeout: s.Config.HTTPReadHeaderTimeout,
 		ReadTimeout:       s.Config.HTTPReadTimeout,
 		WriteTimeout:      s.Config.HTTPWriteTimeout,

@@ -38,7 +38,7 @@ var (
 		"REDIS_PASSWORD":     "a Secret's password, into REDIS_URL",
 	}
 	// Service variables the chart derives from its own values instead of passing through `config`.
-	chartManagedVars = []string{"DATABASE_URL", "REDIS_URL", "HTTP_ADDR", "SHUTDOWN_TIMEOUT", "REDIS_MODE", "API_TOKENS", "API_AUTH_READS"}
+	chartManagedVars = []string{"DATABASE_URL", "REDIS_URL", "HTTP_ADDR", "ADMIN_ADDR", "SHUTDOWN_TIMEOUT", "REDIS_MODE", "API_TOKENS", "API_AUTH_READS"}
 	// Service variables a deployment must never get: neither a config key nor set by the chart.
 	neverSetVars = map[string]string{
 		"API_AUTH_DISABLED": "serves writes to anyone: local development only (README, Security)",
@@ -437,19 +437,22 @@ func TestConfigValuesReachTheConfigMapAsTheServiceParsesThem(t *testing.T) {
 }
 
 func TestTheContainerListensWhereTheServiceDoes(t *testing.T) {
-	var addr string
+	port := map[string]string{}
 	for _, v := range config.Vars() {
-		if v.Name == "HTTP_ADDR" {
-			addr = v.Default
+		if v.Name == "HTTP_ADDR" || v.Name == "ADMIN_ADDR" {
+			_, p, err := net.SplitHostPort(v.Default)
+			if err != nil {
+				t.Fatalf("%s default %q: %v", v.Name, v.Default, err)
+			}
+			port[v.Name] = p
 		}
-	}
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		t.Fatalf("HTTP_ADDR default %q: %v", addr, err)
 	}
 	m := render(t, "")
 	c := container(t, appDeployment(t, m).Spec.Template.Spec, "cacheside")
-	want := []corev1.ContainerPort{{Name: "http", ContainerPort: int32(mustAtoi(t, port)), Protocol: corev1.ProtocolTCP}}
+	want := []corev1.ContainerPort{
+		{Name: "http", ContainerPort: int32(mustAtoi(t, port["HTTP_ADDR"])), Protocol: corev1.ProtocolTCP},
+		{Name: "admin", ContainerPort: int32(mustAtoi(t, port["ADMIN_ADDR"])), Protocol: corev1.ProtocolTCP},
+	}
 	if diff := cmp.Diff(want, c.Ports); diff != "" {
 		t.Errorf("container ports (-want +got):\n%s", diff)
 	}

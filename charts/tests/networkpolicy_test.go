@@ -27,8 +27,14 @@ func podIn(ns string, podLabels map[string]string) source {
 // admits reports whether the NetworkPolicy's ingress rules let src reach the app's port http.
 func admits(t *testing.T, np *networkingv1.NetworkPolicy, src source) bool {
 	t.Helper()
+	return admitsOn(t, np, "http", src)
+}
+
+// admitsOn reports whether the NetworkPolicy's ingress rules let src reach the named port.
+func admitsOn(t *testing.T, np *networkingv1.NetworkPolicy, port string, src source) bool {
+	t.Helper()
 	for _, rule := range np.Spec.Ingress {
-		if !rulePortsInclude(rule.Ports, "http") {
+		if !rulePortsInclude(rule.Ports, port) {
 			continue
 		}
 		if len(rule.From) == 0 {
@@ -130,15 +136,28 @@ func TestTheNetworkPolicyLetsEveryIngressPathInByDefault(t *testing.T) {
 			}
 		})
 	}
-	t.Run("ingress is on the http port only", func(t *testing.T) {
+	t.Run("ingress is on the http and admin ports only", func(t *testing.T) {
 		for _, rule := range np.Spec.Ingress {
 			if len(rule.Ports) == 0 {
 				t.Error("an ingress rule opens every port")
 			}
 			for _, p := range rule.Ports {
-				if p.Port == nil || p.Port.String() != "http" {
+				if p.Port == nil || (p.Port.String() != "http" && p.Port.String() != "admin") {
 					t.Errorf("ingress opens port %v", p.Port)
 				}
+			}
+		}
+	})
+	t.Run("only Prometheus reaches the admin port", func(t *testing.T) {
+		if !admitsOn(t, np, "admin", operatorProm) {
+			t.Error("Prometheus cannot scrape the admin port")
+		}
+		for name, src := range map[string]source{
+			"ingress-nginx": ingressNginx, "a LoadBalancer's node traffic": nodeAddress,
+			"a pod of the release's namespace": podIn(namespace, map[string]string{"app": "client"}), "a pod of another namespace": unrelatedPod,
+		} {
+			if admitsOn(t, np, "admin", src) {
+				t.Errorf("%s reaches the admin port", name)
 			}
 		}
 	})
@@ -165,18 +184,21 @@ func TestARestrictedNetworkPolicyStillAdmitsTheTestPodAndTheScraper(t *testing.T
 				"ingress-nginx":   ingressNginx,
 				"helm test's pod": podIn(namespace, map[string]string{"app.kubernetes.io/name": "cacheside", "app.kubernetes.io/instance": releaseName, "app.kubernetes.io/component": "test"}),
 			},
-			map[string]source{"Traefik": traefik, "a pod of another namespace": unrelatedPod, "Prometheus (no ServiceMonitor)": operatorProm},
+			map[string]source{"Traefik": traefik, "a pod of another namespace": unrelatedPod, "Prometheus (metrics are not on this port)": operatorProm},
 		},
 		{
-			"with ingressFrom set and the ServiceMonitor on, Prometheus too",
+			"with ingressFrom set and the ServiceMonitor on, still only those peers: Prometheus scrapes the admin port",
 			append([]string{"serviceMonitor.enabled=true"}, restrictIngress...),
-			map[string]source{"ingress-nginx": ingressNginx, "Prometheus": operatorProm},
-			map[string]source{"a pod of another namespace": unrelatedPod},
+			map[string]source{"ingress-nginx": ingressNginx},
+			map[string]source{"a pod of another namespace": unrelatedPod, "Prometheus": operatorProm},
 		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			np := networkPolicy(t, render(t, "", tc.set...))
+			if !admitsOn(t, np, "admin", operatorProm) || admitsOn(t, np, "admin", ingressNginx) {
+				t.Error("the admin port should admit Prometheus alone")
+			}
 			for name, src := range tc.admit {
 				if !admits(t, np, src) {
 					t.Errorf("%s is cut off", name)

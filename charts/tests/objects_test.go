@@ -221,13 +221,17 @@ func TestSelectorsPickExactlyTheirPods(t *testing.T) {
 			}
 		})
 
-		t.Run(file+": the ServiceMonitor and Ingress point at the app's Service port", func(t *testing.T) {
+		t.Run(file+": the Ingress points at the client Service's port; the ServiceMonitor at the admin port", func(t *testing.T) {
 			svc := only(t, m, func(s *corev1.Service) bool { return component("server")(s) })
 			for _, sm := range all[*monitoringv1.ServiceMonitor](m, nil) {
-				if !selects(t, &sm.Spec.Selector, svc.Labels) {
-					t.Errorf("ServiceMonitor does not select Service %s", svc.Name)
+				metrics := only(t, m, func(s *corev1.Service) bool { return component("metrics")(s) })
+				if !selects(t, &sm.Spec.Selector, metrics.Labels) {
+					t.Errorf("ServiceMonitor does not select Service %s", metrics.Name)
 				}
-				want := []monitoringv1.Endpoint{{Port: "http", Path: "/metrics"}}
+				if selects(t, &sm.Spec.Selector, svc.Labels) {
+					t.Errorf("ServiceMonitor selects the client Service %s", svc.Name)
+				}
+				want := []monitoringv1.Endpoint{{Port: "admin", Path: "/metrics"}}
 				var got []monitoringv1.Endpoint
 				for _, e := range sm.Spec.Endpoints {
 					got = append(got, monitoringv1.Endpoint{Port: e.Port, Path: e.Path})
@@ -247,6 +251,67 @@ func TestSelectorsPickExactlyTheirPods(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMetricsAreOnlyOnTheAdminPort: clients reach the service through the client Service and the
+// Ingress; neither may carry the admin port, which only the metrics Service exposes, for the
+// ServiceMonitor.
+func TestMetricsAreOnlyOnTheAdminPort(t *testing.T) {
+	m := render(t, "", "serviceMonitor.enabled=true", "ingress.enabled=true")
+	pod := appDeployment(t, m).Spec.Template.Spec
+	c := container(t, pod, "cacheside")
+	var admin int32
+	for _, p := range c.Ports {
+		if p.Name == "admin" {
+			admin = p.ContainerPort
+		}
+	}
+	if admin == 0 {
+		t.Fatalf("the container has no port named admin: %+v", c.Ports)
+	}
+	exposesAdmin := func(p corev1.ServicePort) bool {
+		return p.TargetPort.StrVal == "admin" || p.TargetPort.IntVal == admin || (p.TargetPort.StrVal == "" && p.TargetPort.IntVal == 0 && p.Port == admin)
+	}
+
+	client := only(t, m, func(s *corev1.Service) bool { return component("server")(s) })
+	for _, p := range client.Spec.Ports {
+		if exposesAdmin(p) {
+			t.Errorf("the client Service %s exposes the admin port: %+v", client.Name, p)
+		}
+	}
+	for _, ing := range all[*networkingv1.Ingress](m, nil) {
+		for _, r := range ing.Spec.Rules {
+			for _, p := range r.HTTP.Paths {
+				b := p.Backend.Service
+				if b.Name != client.Name {
+					t.Errorf("Ingress path %s goes to Service %s, not the client Service", p.Path, b.Name)
+				}
+				if b.Port.Name == "admin" || b.Port.Number == admin {
+					t.Errorf("Ingress path %s goes to the admin port", p.Path)
+				}
+			}
+		}
+	}
+
+	metrics := only(t, m, func(s *corev1.Service) bool { return component("metrics")(s) })
+	if len(metrics.Spec.Ports) != 1 || !exposesAdmin(metrics.Spec.Ports[0]) {
+		t.Errorf("the metrics Service %s should expose the admin port alone: %+v", metrics.Name, metrics.Spec.Ports)
+	}
+	sm := only(t, m, func(*monitoringv1.ServiceMonitor) bool { return true })
+	if !selects(t, &sm.Spec.Selector, metrics.Labels) || selects(t, &sm.Spec.Selector, client.Labels) {
+		t.Errorf("the ServiceMonitor should select the metrics Service only: %+v", sm.Spec.Selector)
+	}
+	for _, e := range sm.Spec.Endpoints {
+		if e.Port != metrics.Spec.Ports[0].Name || e.Path != "/metrics" {
+			t.Errorf("the ServiceMonitor scrapes %s on port %q, want /metrics on %q", e.Path, e.Port, metrics.Spec.Ports[0].Name)
+		}
+	}
+
+	t.Run("without a ServiceMonitor there is no metrics Service", func(t *testing.T) {
+		if got := all(render(t, ""), func(s *corev1.Service) bool { return component("metrics")(s) }); len(got) != 0 {
+			t.Errorf("metrics Services: %d", len(got))
+		}
+	})
 }
 
 // Credentials: a Secret's values, and passwords inside URLs.

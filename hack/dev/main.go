@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -264,7 +265,11 @@ func run(ctx context.Context, root string) (int, error) {
 	if os.Getenv("HTTP_ADDR") == "" {
 		os.Setenv("HTTP_ADDR", ":8080")
 	}
-	logf("DATABASE_URL=%s REDIS_URL=%s HTTP_ADDR=%s", os.Getenv("DATABASE_URL"), os.Getenv("REDIS_URL"), os.Getenv("HTTP_ADDR"))
+	if os.Getenv("ADMIN_ADDR") == "" {
+		os.Setenv("ADMIN_ADDR", ":9090")
+	}
+	logf("DATABASE_URL=%s REDIS_URL=%s HTTP_ADDR=%s ADMIN_ADDR=%s", os.Getenv("DATABASE_URL"), os.Getenv("REDIS_URL"), os.Getenv("HTTP_ADDR"), os.Getenv("ADMIN_ADDR"))
+	logf("metrics: http://%s/metrics (the admin port, ADMIN_ADDR; not on the API's port)", loopback(os.Getenv("ADMIN_ADDR")))
 	for _, args := range [][]string{{"migrate"}, {"seed", "-n", "1000", "-if-empty"}} {
 		logf("cacheside %s", strings.Join(args, " "))
 		cmd := exec.CommandContext(ctx, bin, args...)
@@ -311,6 +316,18 @@ func devToken(path string) (string, error) {
 		return "", fmt.Errorf("keeping the dev API token: %w", err)
 	}
 	return token, nil
+}
+
+// loopback turns a listen address such as :9090 into one to browse to.
+func loopback(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // clean stops every server under .run, Jaeger included, and deletes .run (dev data too).

@@ -72,7 +72,6 @@ func serveCeiling(ctx context.Context, specPath string, stderr io.Writer) error 
 		Health:       upHealth{},
 		MaxBodyBytes: cfg.HTTPMaxBodyBytes,
 		RetryAfter:   cfg.HTTPRetryAfter,
-		Metrics:      tel.Metrics,
 		// The service's own guard, so its cost on a read is measured too.
 		Auth: httpapi.Auth{Tokens: cfg.APITokens, Reads: cfg.APIAuthReads, Disabled: cfg.APIAuthDisabled},
 	})
@@ -80,7 +79,7 @@ func serveCeiling(ctx context.Context, specPath string, stderr io.Writer) error 
 		Addr: spec.Addr, ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout, ReadTimeout: cfg.HTTPReadTimeout,
 		WriteTimeout: cfg.HTTPWriteTimeout, IdleTimeout: cfg.HTTPIdleTimeout, ShutdownTimeout: cfg.ShutdownTimeout,
 	}
-	if err := httpapi.Serve(ctx, log, server, router); err != nil {
+	if err := httpapi.Serve(ctx, log, server, router, nil); err != nil {
 		return fmt.Errorf("the ceiling: %w", err)
 	}
 	return nil

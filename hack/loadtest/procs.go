@@ -107,6 +107,8 @@ type service struct {
 	tier tier
 	env  []string // also the environment its reseeding runs with
 	url  string
+	// adminURL is its admin port's, where /metrics is.
+	adminURL string
 }
 
 // startService starts cacheside for t on a free loopback port, with its own key prefix so
@@ -119,8 +121,13 @@ func startService(ctx context.Context, bin, name string, t tier, extra []string,
 	if err != nil {
 		return nil, err
 	}
+	adminAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
 	env := append(os.Environ(),
 		"HTTP_ADDR="+addr,
+		"ADMIN_ADDR="+adminAddr,
 		// Request logging would measure the terminal, not the service.
 		"LOG_LEVEL=warn",
 		"CACHE_KEY_PREFIX=loadtest-"+strings.ReplaceAll(t.name, "+", "-"),
@@ -136,7 +143,7 @@ func startService(ctx context.Context, bin, name string, t tier, extra []string,
 	if err != nil {
 		return nil, err
 	}
-	s := &service{child: c, tier: t, env: env, url: "http://" + addr}
+	s := &service{child: c, tier: t, env: env, url: "http://" + addr, adminURL: "http://" + adminAddr}
 	if err := c.waitReady(ctx, s.url+"/readyz"); err != nil {
 		_ = c.stop()
 		return nil, err

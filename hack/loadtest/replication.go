@@ -288,7 +288,7 @@ type consumerMetrics struct {
 // scrape reads the consumer's instruments from the service's /metrics. An instrument that has
 // recorded nothing yet is not exported, and reads as empty.
 func (rb *replicationBench) scrape(ctx context.Context, s *service) (consumerMetrics, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.adminURL+"/metrics", nil)
 	if err != nil {
 		return consumerMetrics{}, err
 	}

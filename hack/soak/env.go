@@ -24,6 +24,7 @@ import (
 type service struct {
 	name, bin, addr string
 	token           string // the API token every request carries
+	adminAddr       string // its admin port: /metrics
 	env             []string
 	logPath         string
 	client          *http.Client
@@ -34,10 +35,10 @@ type service struct {
 	started time.Time
 }
 
-func newService(name, bin, dir string, port int, env []string, token string, clients int) *service {
+func newService(name, bin, dir string, port, adminPort int, env []string, token string, clients int) *service {
 	return &service{
-		name: name, bin: bin, addr: fmt.Sprintf("127.0.0.1:%d", port), token: token,
-		env:     append(env, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port)),
+		name: name, bin: bin, addr: fmt.Sprintf("127.0.0.1:%d", port), adminAddr: fmt.Sprintf("127.0.0.1:%d", adminPort), token: token,
+		env:     append(env, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port), fmt.Sprintf("ADMIN_ADDR=127.0.0.1:%d", adminPort)),
 		logPath: filepath.Join(dir, name+".log"),
 		client: &http.Client{Transport: &http.Transport{
 			MaxIdleConnsPerHost: clients * 2, DisableCompression: true, // gzip is asked for explicitly
@@ -160,7 +161,7 @@ func (s *service) pending() int {
 
 // listLoads reads the service's count of loads of the list from Postgres (its /metrics).
 func (s *service) listLoads() (float64, error) {
-	res, err := s.client.Get(s.url("/metrics"))
+	res, err := s.client.Get("http://" + s.adminAddr + "/metrics")
 	if err != nil {
 		return 0, err
 	}
@@ -215,7 +216,12 @@ func startEnvironment(ctx context.Context, o options, log io.Writer) (*environme
 			env.close()
 			return nil, err
 		}
-		svc := newService(name, o.bin, o.out, port, common, token, o.clients)
+		adminPort, err := servers.FreePort()
+		if err != nil {
+			env.close()
+			return nil, err
+		}
+		svc := newService(name, o.bin, o.out, port, adminPort, common, token, o.clients)
 		if err := svc.start(ctx); err != nil {
 			env.close()
 			return nil, err

@@ -89,6 +89,44 @@ func TestAReleasePublishesOnlyAfterCIPassedOnItsCommit(t *testing.T) {
 	}
 }
 
+// TestAReleaseScansItsImageBeforePushingIt: in every job that pushes an image, a vulnerability scan of
+// that image fails the job on a fixable critical vulnerability before the push step runs.
+func TestAReleaseScansItsImageBeforePushingIt(t *testing.T) {
+	w := parse(t, "release.yml")
+	input := func(a *actionlint.ExecAction, name string) string {
+		if in := a.Inputs[name]; in != nil && in.Value != nil {
+			return in.Value.Value
+		}
+		return ""
+	}
+	pushers := 0
+	for id, j := range w.Jobs {
+		scanned := false
+		for _, s := range j.Steps {
+			a, ok := s.Exec.(*actionlint.ExecAction)
+			if !ok || a.Uses == nil {
+				continue
+			}
+			if strings.HasPrefix(a.Uses.Value, "anchore/scan-action@") {
+				if input(a, "image") == "" || input(a, "fail-build") != "true" || input(a, "severity-cutoff") != "critical" || input(a, "only-fixed") != "true" {
+					t.Errorf("job %s: the scan must fail the build on fixable critical vulnerabilities of an image: %s", id, a.Uses.Value)
+					continue
+				}
+				scanned = true
+			}
+			if strings.HasPrefix(a.Uses.Value, "docker/build-push-action@") && input(a, "push") == "true" {
+				pushers++
+				if !scanned {
+					t.Errorf("job %s pushes an image that no scan before it looked at", id)
+				}
+			}
+		}
+	}
+	if pushers == 0 {
+		t.Fatal("release.yml pushes no image with docker/build-push-action: nothing to check (did the push move?)")
+	}
+}
+
 func TestNoTwoCIJobsSaveTheSameCache(t *testing.T) {
 	w := parse(t, "ci.yml")
 	owner := map[string]string{}
