@@ -39,7 +39,7 @@ type Config struct {
 	RateLimitWriteBurst      int  `envconfig:"RATE_LIMIT_WRITE_BURST" default:"20" desc:"writes a client may make at once above the sustained rate"`
 
 	APITokens       Tokens `envconfig:"API_TOKENS" desc:"bearer tokens that POST, PUT and DELETE require (Authorization: Bearer <token>), comma-separated: several at once let a token be rotated without downtime; required unless API_AUTH_DISABLED is true"`
-	APIAuthReads    bool   `envconfig:"API_AUTH_READS" default:"false" desc:"require a token for reads too (GET /sample, /cache, /samples/:id); probes and /metrics never need one"`
+	APIAuthReads    bool   `envconfig:"API_AUTH_READS" default:"false" desc:"require a token for reads too (GET /sample, /cache, /samples/:id); probes never need one; /metrics is on the admin port"`
 	APIAuthDisabled bool   `envconfig:"API_AUTH_DISABLED" default:"false" desc:"local development only: serve writes without authentication (a warning is logged at every start)"`
 
 	DatabaseURL            string        `envconfig:"DATABASE_URL" required:"true" desc:"Postgres URL, postgres://user:pass@host:5432/db?sslmode=…"`

@@ -15,14 +15,15 @@ type Auth struct {
 	// downtime. With none (and Disabled false) every request that needs a token is refused: a
 	// router built without tokens fails closed.
 	Tokens []string
-	// Reads makes GET and HEAD need a token too, except on the probes and /metrics.
+	// Reads makes GET and HEAD need a token too, except on the probes.
 	Reads bool
 	// Disabled serves every request without a token: local development only.
 	Disabled bool
 }
 
-// public paths never need a token: the kubelet's probes and Prometheus's scrapes carry none.
-var public = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
+// public paths never need a token: the kubelet's probes carry none. (Prometheus scrapes the admin
+// port, whose router has no auth and no routes that change anything.)
+var public = map[string]bool{"/healthz": true, "/readyz": true}
 
 // challenge is the WWW-Authenticate of every 401 (RFC 6750 section 3).
 const challenge = `Bearer realm="cacheside"`

@@ -45,7 +45,7 @@ func serveWith(t *testing.T, overrides ...string) *served {
 			t.Logf("service log:\n%s", logs)
 		}
 	})
-	srv := httptest.NewServer(svc.Handler(nil))
+	srv := httptest.NewServer(svc.Handler())
 	t.Cleanup(srv.Close)
 	return &served{url: srv.URL, logs: logs, cfg: cfg.DatabaseURL, token: cfg.APITokens[0]}
 }
