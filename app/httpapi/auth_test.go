@@ -3,7 +3,6 @@ package httpapi_test
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -30,16 +29,7 @@ func (e *env) call(t *testing.T, method, path, body string, authorization ...str
 	for _, a := range authorization {
 		req.Header.Add("Authorization", a)
 	}
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return response{status: res.StatusCode, header: res.Header, body: b}
+	return roundTrip(t, http.DefaultClient, req)
 }
 
 // refused checks a 401: the RFC 6750 challenge with the error parameter wantError (none for

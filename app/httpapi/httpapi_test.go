@@ -110,9 +110,15 @@ func (e *env) do(t *testing.T, method, path, contentType string, body io.Reader)
 	if e.token != "" {
 		req.Header.Set("Authorization", "Bearer "+e.token)
 	}
-	res, err := http.DefaultClient.Do(req)
+	return roundTrip(t, http.DefaultClient, req)
+}
+
+// roundTrip sends req with client and reads the whole response.
+func roundTrip(t *testing.T, client *http.Client, req *http.Request) response {
+	t.Helper()
+	res, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
 	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
@@ -699,17 +705,7 @@ func (e *env) raw(t *testing.T, path string, header map[string]string) response 
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
-	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
-	res, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return response{status: res.StatusCode, header: res.Header, body: b}
+	return roundTrip(t, &http.Client{Transport: &http.Transport{DisableCompression: true}}, req)
 }
 
 func TestCachedBodiesGoOutGzippedToClientsThatAcceptIt(t *testing.T) {

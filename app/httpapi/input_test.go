@@ -264,16 +264,7 @@ func TestHEADAnswersLikeGETWithoutABody(t *testing.T) {
 	send := func(t *testing.T, method, path string) response {
 		t.Helper()
 		req, _ := http.NewRequest(method, e.url+path, nil)
-		res, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		b, err := io.ReadAll(res.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return response{status: res.StatusCode, header: res.Header, body: b}
+		return roundTrip(t, client, req)
 	}
 	for _, path := range []string{"/healthz", "/readyz", "/sample", "/cache", fmt.Sprintf("/samples/%d", s.ID), "/samples/999999"} {
 		t.Run(path, func(t *testing.T) {
