@@ -49,11 +49,13 @@ type round[T any] struct {
 }
 
 // looked is a lookup round's answer: a hit, the flight that serves a miss (and whether this
-// round started it), or why Redis cannot be used.
+// round started it, and the value past its TTL the lookup found under the current generation,
+// which may answer if the load fails), or why Redis cannot be used.
 type looked struct {
 	hit     *view.View
 	flight  *flight
 	started bool
+	stale   *view.View
 	bypass  error
 }
 
@@ -134,6 +136,7 @@ type flight struct {
 	res     served
 	err     error
 	waiters atomic.Int32
+	refresh bool // an early refresh started it, before the value it replaces expired
 }
 
 type flights struct {
@@ -142,14 +145,14 @@ type flights struct {
 }
 
 // attach returns the flight named name, starting it with load if none is running, and whether
-// it started it.
-func (f *flights) attach(ctx context.Context, name string, load func(context.Context) (served, error)) (*flight, bool) {
+// it started it. refresh marks a flight an early refresh starts.
+func (f *flights) attach(ctx context.Context, name string, refresh bool, load func(context.Context) (served, error)) (*flight, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if fl := f.m[name]; fl != nil {
 		return fl, false
 	}
-	fl := &flight{done: make(chan struct{})}
+	fl := &flight{done: make(chan struct{}), refresh: refresh}
 	if f.m == nil {
 		f.m = make(map[string]*flight)
 	}
@@ -163,6 +166,14 @@ func (f *flights) attach(ctx context.Context, name string, load func(context.Con
 		close(fl.done)
 	}()
 	return fl, true
+}
+
+// refreshing reports whether an early refresh's flight named name is running.
+func (f *flights) refreshing(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fl := f.m[name]
+	return fl != nil && fl.refresh
 }
 
 // waiters is how many reads wait on flights whose name starts with prefix.
