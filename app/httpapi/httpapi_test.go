@@ -41,6 +41,7 @@ type setup struct {
 	databaseURL string // default: a fresh database on the shared test server
 	redisURL    string // default: the shared test Redis
 	nearCache   bool   // turn the in-process tier on, with entries living a minute
+	overrides   []string
 }
 
 func start(t testing.TB, s setup) *env {
@@ -55,6 +56,7 @@ func start(t testing.TB, s setup) *env {
 	if s.nearCache {
 		overrides = append(overrides, "CACHE_LOCAL_ENABLED=true", "CACHE_LOCAL_TTL=1m")
 	}
+	overrides = append(overrides, s.overrides...)
 	cfg := testenv.Config(t, overrides...)
 	logs := &testenv.Buffer{}
 	log := logging.New(logs, "debug", "json")

@@ -55,6 +55,8 @@ type Deps struct {
 	MaxBodyBytes int64
 	// RetryAfter is suggested to clients when the database is unavailable.
 	RetryAfter time.Duration
+	// ListCaching is what GET /cache tells HTTP caches in front (see cacheControl).
+	ListCaching Caching
 	// Metrics serves GET /metrics (Prometheus format); nil leaves the route out.
 	Metrics http.Handler
 }
@@ -78,8 +80,8 @@ func NewRouter(d Deps) *gin.Engine {
 	h := handlers{d}
 	r.GET("/healthz", h.healthz)
 	r.GET("/readyz", h.readyz)
-	r.GET("/sample", handle(h.list(d.Direct)))
-	r.GET("/cache", handle(h.list(d.Cached)))
+	r.GET("/sample", handle(h.list(d.Direct, noStore)))
+	r.GET("/cache", handle(h.list(d.Cached, d.ListCaching.header())))
 	r.GET("/samples/:id", handle(h.get))
 	r.POST("/samples", handle(h.create))
 	r.PUT("/samples/:id", handle(h.update))
