@@ -425,28 +425,32 @@ func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
 		c.maybeRefresh(ctx, k, load, *cur, now)
 		cur.Served = view.Served{Outcome: view.Hit, Tier: view.Redis}
 		return looked{hit: cur}
-	case cur != nil && c.loads.refreshing(vk+"@"+gen):
-		// Its TTL ended while an early refresh of its generation, begun before that, is loading
-		// the next value: it stays the current one until the refresh lands (at most the load
-		// timeout). Not kept in the near-cache, whose entries must be within their TTL.
+	case cur != nil && c.refreshingKey(vk):
+		// Its TTL ended while an early refresh, triggered before that, is under way: the value
+		// is current (its generation is), so it is served until the refresh lands, bounded by
+		// one lookup and the load timeout; waiting for a load here is what the refresh exists
+		// to spare. Not kept in the near-cache, whose entries must be within their TTL.
 		cur.Served = view.Served{Outcome: view.Hit, Tier: view.Redis}
 		return looked{hit: cur}
 	}
-	fl, started := c.loadGeneration(ctx, k, gen, version, load, false)
+	fl, started := c.loadGeneration(ctx, k, gen, version, load)
 	return looked{flight: fl, started: started, stale: cur}
 }
 
 // loadGeneration attaches to the load of k's generation gen, starting it if none is running:
 // the one place a value is loaded and stored, for misses and early refreshes alike. version is
 // the near-cache's version of k, noted before gen was read.
-func (c *Cache) loadGeneration(ctx context.Context, k Key, gen string, version uint64, load Loader, refresh bool) (*flight, bool) {
+func (c *Cache) loadGeneration(ctx context.Context, k Key, gen string, version uint64, load Loader) (*flight, bool) {
 	vk := c.valKey(k)
-	return c.loads.attach(ctx, vk+"@"+gen, refresh, func(ctx context.Context) (served, error) {
+	return c.loads.attach(ctx, vk+"@"+gen, func(ctx context.Context) (served, error) {
+		began := time.Now()
 		s, err := c.load(ctx, k, load)
 		if err != nil {
 			return served{View: view.View{Served: view.Served{Outcome: view.Miss}}}, err
 		}
-		s.View = c.put(ctx, k, gen, c.compress(s.View))
+		s.View = c.compress(s.View)
+		s.View.LoadTime = time.Since(began) // XFetch's delta: what making the value again costs
+		s.View = c.put(ctx, k, gen, s.View)
 		if c.near != nil {
 			c.near.keep(vk, version, s.View)
 		}
@@ -518,7 +522,7 @@ func (c *Cache) refresh(ctx context.Context, k Key, load Loader, expires time.Ti
 			span.SetAttributes(attribute.Bool("cache.refresh_done_elsewhere", true))
 			return
 		}
-		fl, started := c.loadGeneration(ctx, k, gen, version, load, true)
+		fl, started := c.loadGeneration(ctx, k, gen, version, load)
 		if started {
 			c.refreshed.Add(ctx, 1, metric.WithAttributes(attribute.String("cache.keyspace", k.Space)))
 		}
@@ -528,6 +532,13 @@ func (c *Cache) refresh(ctx context.Context, k Key, load Loader, expires time.Ti
 			span.SetStatus(codes.Error, "load failed: the current value stays until its TTL")
 		}
 	}()
+}
+
+// refreshingKey reports whether an early refresh of the value key vk is under way in this
+// process, from the hit that triggered it until it has stored its value or given up.
+func (c *Cache) refreshingKey(vk string) bool {
+	_, ok := c.refreshing.Load(vk)
+	return ok
 }
 
 // stopRefreshes lets no new early refresh start and waits for those under way (each bounded by

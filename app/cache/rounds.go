@@ -136,7 +136,6 @@ type flight struct {
 	res     served
 	err     error
 	waiters atomic.Int32
-	refresh bool // an early refresh started it, before the value it replaces expired
 }
 
 type flights struct {
@@ -145,14 +144,14 @@ type flights struct {
 }
 
 // attach returns the flight named name, starting it with load if none is running, and whether
-// it started it. refresh marks a flight an early refresh starts.
-func (f *flights) attach(ctx context.Context, name string, refresh bool, load func(context.Context) (served, error)) (*flight, bool) {
+// it started it.
+func (f *flights) attach(ctx context.Context, name string, load func(context.Context) (served, error)) (*flight, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if fl := f.m[name]; fl != nil {
 		return fl, false
 	}
-	fl := &flight{done: make(chan struct{}), refresh: refresh}
+	fl := &flight{done: make(chan struct{})}
 	if f.m == nil {
 		f.m = make(map[string]*flight)
 	}
@@ -166,14 +165,6 @@ func (f *flights) attach(ctx context.Context, name string, refresh bool, load fu
 		close(fl.done)
 	}()
 	return fl, true
-}
-
-// refreshing reports whether an early refresh's flight named name is running.
-func (f *flights) refreshing(name string) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	fl := f.m[name]
-	return fl != nil && fl.refresh
 }
 
 // waiters is how many reads wait on flights whose name starts with prefix.
