@@ -31,11 +31,15 @@ func TestLoadReportsEveryBadVariableAtOnce(t *testing.T) {
 	t.Setenv("CACHE_TTL_JITTER", "2")
 	t.Setenv("SHUTDOWN_TIMEOUT", "-1s")
 	t.Setenv("LOG_FORMAT", "xml")
+	t.Setenv("CACHE_STALE_GRACE", "-1h")
+	t.Setenv("CACHE_EARLY_REFRESH_BETA", "-1")
+	t.Setenv("HTTP_CACHE_STALE_IF_ERROR", "-5s")
 	_, err := config.Load()
 	if err == nil {
 		t.Fatal("Load accepted bad configuration")
 	}
-	for _, name := range []string{"DATABASE_URL", "REDIS_URL", "CACHE_TTL", "CACHE_TTL_JITTER", "SHUTDOWN_TIMEOUT", "LOG_FORMAT"} {
+	for _, name := range []string{"DATABASE_URL", "REDIS_URL", "CACHE_TTL", "CACHE_TTL_JITTER", "SHUTDOWN_TIMEOUT", "LOG_FORMAT",
+		"CACHE_STALE_GRACE", "CACHE_EARLY_REFRESH_BETA", "HTTP_CACHE_STALE_IF_ERROR"} {
 		if !strings.Contains(err.Error(), name+":") {
 			t.Errorf("error does not name %s:\n%v", name, err)
 		}

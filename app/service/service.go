@@ -165,7 +165,12 @@ func CacheOptions(cfg config.Config, log *slog.Logger) cache.Options {
 		NearCache:           cfg.CacheLocalEnabled,
 		NearCacheTTL:        cfg.CacheLocalTTL,
 		NearCacheMaxBytes:   cfg.CacheLocalMaxBytes,
-		Logger:              log,
+		StaleGrace:          cfg.CacheStaleGrace,
+		// Only Postgres being unreachable (the 503 path): a query Postgres refused, a bug or the
+		// client hanging up must not be papered over with an older value.
+		StaleIfError:     func(err error) bool { return errors.Is(err, samples.ErrUnavailable) },
+		EarlyRefreshBeta: cfg.CacheEarlyRefreshBeta,
+		Logger:           log,
 	}
 }
 
@@ -183,6 +188,11 @@ func (s *Service) Handler() http.Handler {
 		TrustedProxies: s.Config.HTTPTrustedProxies,
 		MaxInFlight:    s.Config.HTTPMaxInFlight,
 		Limiter:        s.rateLimiter(),
+		ListCaching: httpapi.Caching{
+			MaxAge:               s.Config.HTTPCacheMaxAge,
+			StaleWhileRevalidate: s.Config.HTTPCacheStaleWhileRevalidate,
+			StaleIfError:         s.Config.HTTPCacheStaleIfError,
+		},
 	})
 }
 

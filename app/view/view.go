@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -20,6 +21,14 @@ type View struct {
 	// ErrNotFound.
 	Found  bool
 	Served Served // how the cache served it; zero for a read that did not go through one
+
+	// What the cache records with a stored value (zero for a read that did not go through one):
+	// when it was loaded and stored, when its TTL makes it expire (past that it is a miss, but
+	// still usable as a stale answer while its generation is current), and how long its load took
+	// (early refresh starts sooner for values that are slow to load).
+	Stored   time.Time
+	Expires  time.Time
+	LoadTime time.Duration
 }
 
 // Served says how the cache answered a read.
@@ -36,6 +45,9 @@ const (
 	Hit    Outcome = "HIT"    // a tier held a current value
 	Miss   Outcome = "MISS"   // loaded from the source and stored
 	Bypass Outcome = "BYPASS" // the cache was not usable; loaded from the source, nothing stored
+	// Stale is a value past its TTL whose generation is still current (no write has retired it),
+	// served because the source failed as unavailable.
+	Stale Outcome = "STALE"
 )
 
 // Tier is where a hit came from.

@@ -118,6 +118,12 @@ type options struct {
 	replRows   int
 	replConns  int
 	replOnly   bool // the section alone, without the table
+
+	// The hot-key section (hotkey.go), run alone when hotTTL is set.
+	hotTTL      time.Duration
+	hotDuration time.Duration
+	hotRows     int
+	hotConns    int
 }
 
 // ceilingFlag re-executes this binary as the ceiling server. It is left out of -help: users
@@ -141,6 +147,10 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	replRows := fs.Int("replication-rows", 1000, "table size of the replication section")
 	replConns := fs.Int("replication-c", 32, "connections of the replication section")
 	replOnly := fs.Bool("replication-only", false, "measure the replication section alone, without the table (the report is written all the same: see -out)")
+	hotTTL := fs.Duration("hot-key-ttl", 0, "run only the hot-key section: /cache read steadily across expiries of this CACHE_TTL (e.g. 2s), with early refresh on and off; prints misses after warm-up and p99 across reloads against between them")
+	hotDuration := fs.Duration("hot-key-d", 30*time.Second, "length of each hot-key measurement")
+	hotRows := fs.Int("hot-key-rows", 1000, "table size of the hot-key section")
+	hotConns := fs.Int("hot-key-c", 8, "connections of the hot-key section")
 	command := fs.String("command", "", `command line recorded in report.md (default: make loadtest ARGS="…" with this run's flags)`)
 	spec := fs.String(ceilingFlag, "", "")
 	fs.Usage = func() {
@@ -168,6 +178,7 @@ DATABASE_URL or REDIS_URL names one to use. Relative paths are the repository ro
 		bin: *bin, duration: *duration, repeat: *repeat, warmup: *warmup, timeout: *timeout,
 		acceptEncoding: *enc, out: *out, command: *command, ceilingSpec: *spec,
 		replWrites: *replWrites, replRows: *replRows, replConns: *replConns, replOnly: *replOnly,
+		hotTTL: *hotTTL, hotDuration: *hotDuration, hotRows: *hotRows, hotConns: *hotConns,
 	}
 	if o.ceilingSpec != "" {
 		return o, nil
@@ -191,6 +202,9 @@ DATABASE_URL or REDIS_URL names one to use. Relative paths are the repository ro
 	}
 	if o.replWrites < 0 || math.IsNaN(o.replWrites) || math.IsInf(o.replWrites, 0) || o.replRows < 1 || o.replConns < 1 {
 		return o, errors.New("-replication-rows and -replication-c must be positive, -replication-writes a rate of 0 or more")
+	}
+	if o.hotTTL < 0 || o.hotDuration <= 0 || o.hotRows < 1 || o.hotConns < 1 {
+		return o, errors.New("-hot-key-ttl must not be negative; -hot-key-d, -hot-key-rows and -hot-key-c must be positive")
 	}
 	if o.replOnly && o.replWrites == 0 {
 		return o, errors.New("-replication-only measures nothing with -replication-writes 0")
@@ -235,6 +249,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 	}()
 
+	if o.hotTTL > 0 {
+		return measureHotKey(ctx, o, stdout, stderr)
+	}
 	began := time.Now()
 	facts := machineFacts(o, began)
 
