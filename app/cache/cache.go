@@ -7,6 +7,7 @@
 //	invalidate.go the write side: retiring generations after a write
 //	pending.go    invalidations Redis has not confirmed, and their redelivery
 //	nearcache.go  the optional in-process tier in front of Redis
+//	lease.go      leases that make a miss storm cost one load per fleet, not per process
 //
 // # Why generations
 //
@@ -31,7 +32,8 @@
 //
 // Concurrent reads of a key share rounds (rounds.go): a read joins only a round that has not
 // started, so it is never answered by work that began before it, and a storm of any size costs
-// two lookups and one load. Redis operations are bounded to what the client's connection pool
+// two lookups and one load; with leases on (lease.go), one load across every process that
+// shares the Redis. Redis operations are bounded to what the client's connection pool
 // holds, so no operation waits for a connection inside its own time budget: waiting behind this
 // process's own traffic is not Redis failing, and never counts against the circuit breaker.
 //
@@ -98,6 +100,11 @@ type Options struct {
 	NearCacheTTL      time.Duration // longest life of a near-cache entry
 	NearCacheMaxBytes int64         // memory bound of the near-cache
 	Logger            *slog.Logger
+
+	// LeaseTTL, when above zero, makes a miss take a lease on its generation in Redis before it
+	// loads, so a miss storm costs one load per fleet, not per process (lease.go). It is how
+	// long a dead holder holds the others up; keep it at most LoadTimeout.
+	LeaseTTL time.Duration
 }
 
 // Cache is safe for concurrent use.
@@ -116,9 +123,12 @@ type Cache struct {
 	pending  *pending
 	near     *nearCache // nil when off
 
-	tracer   trace.Tracer
-	outcomes metric.Int64Counter
-	sourced  metric.Int64Counter
+	tracer        trace.Tracer
+	outcomes      metric.Int64Counter
+	sourced       metric.Int64Counter
+	leases        metric.Int64Counter
+	leaseWaiting  metric.Int64UpDownCounter
+	waitsOnLeases atomic.Int64 // loads that waited on another process's lease (tests read it)
 
 	stopNear, stopRedelivery context.CancelFunc
 	nearDone, redeliveryDone chan struct{}
@@ -163,6 +173,7 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 		metric.WithDescription("Cache lookups by outcome (hit, miss, bypass), keyspace and tier."))
 	c.sourced, _ = meter.Int64Counter("cacheside.cache.loads",
 		metric.WithDescription("Reads of the source of truth on a miss or bypass, by keyspace and result (found, not_found, error); one per shared load."))
+	c.newLeaseMetrics(meter)
 	_, _ = meter.Int64ObservableGauge("cacheside.cache.breaker.state",
 		metric.WithDescription("Redis circuit breaker: 0 closed, 1 half-open, 2 open."),
 		metric.WithInt64Callback(func(_ context.Context, obs metric.Int64Observer) error {
@@ -340,7 +351,7 @@ func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (served, error) {
 		return served{View: view.View{Served: view.Served{Outcome: view.Miss}}}, ctx.Err()
 	}
 	s := fl.res
-	s.Served.Shared = joined || !r.res.started
+	s.Served.Shared = s.Served.Shared || joined || !r.res.started
 	return s, fl.err
 }
 
@@ -367,16 +378,24 @@ func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
 		return looked{hit: hit}
 	}
 	fl, started := c.loads.attach(ctx, vk+"@"+gen, func(ctx context.Context) (served, error) {
-		s, err := c.load(ctx, k, load)
+		// Once per fleet (lease.go): another process holding the generation's lease may store
+		// the value first, and then this one serves that.
+		s, err := c.leased(ctx, k, gen, func(ctx context.Context) (served, error) {
+			s, err := c.load(ctx, k, load)
+			if err != nil {
+				return s, err
+			}
+			s.View = c.compress(s.View)
+			c.put(ctx, k, gen, s.View)
+			return s, nil
+		})
 		if err != nil {
 			return served{View: view.View{Served: view.Served{Outcome: view.Miss}}}, err
 		}
-		s.View = c.compress(s.View)
-		c.put(ctx, k, gen, s.View)
 		if c.near != nil {
 			c.near.keep(vk, version, s.View)
 		}
-		s.Served = view.Served{Outcome: view.Miss}
+		s.Served = view.Served{Outcome: view.Miss, Shared: s.Served.Shared}
 		return s, nil
 	})
 	return looked{flight: fl, started: started}
