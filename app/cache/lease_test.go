@@ -6,20 +6,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/cacheside/cacheside/app/cache"
 	"github.com/cacheside/cacheside/app/internal/testenv"
 	"github.com/cacheside/cacheside/app/view"
 )
 
 // fleet is n caches as n service processes build them on one Redis: the production options,
-// each with its own client and pool, all under one key prefix.
+// each with its own client and pool (dialled, as a running service's is), all under one key
+// prefix. REDIS_TIMEOUT is raised: on a busy machine a lookup can take longer than 250 ms, and
+// the read then bypasses Redis, as designed, instead of meeting the lease these tests are about.
 func fleet(t *testing.T, n int, overrides ...string) []*cache.Cache {
 	t.Helper()
 	_, prefix := testenv.Redis(t) // its keys are deleted when the test ends
 	caches := make([]*cache.Cache, n)
 	for i := range caches {
 		// The caches never read the database: a URL that is never dialled saves creating one.
-		caches[i], _, _ = productionCache(t, append([]string{"CACHE_KEY_PREFIX=" + prefix, "DATABASE_URL=postgres://unused@127.0.0.1:1/unused"}, overrides...)...)
+		var rdb *redis.Client
+		caches[i], rdb, _ = productionCache(t, append([]string{"CACHE_KEY_PREFIX=" + prefix, "REDIS_TIMEOUT=5s",
+			"DATABASE_URL=postgres://unused@127.0.0.1:1/unused"}, overrides...)...)
+		warm(t, rdb)
 	}
 	return caches
 }
