@@ -380,7 +380,7 @@ func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
 	fl, started := c.loads.attach(ctx, vk+"@"+gen, func(ctx context.Context) (served, error) {
 		// Once per fleet (lease.go): another process holding the generation's lease may store
 		// the value first, and then this one serves that.
-		s, err := c.leased(ctx, k, gen, func(ctx context.Context) (served, error) {
+		s, err := c.leased(ctx, k, gen, func(ctx context.Context, gen string) (served, error) {
 			s, err := c.load(ctx, k, load)
 			if err != nil {
 				return s, err

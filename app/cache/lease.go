@@ -48,7 +48,7 @@ import (
 //   - the value is stored under the current generation (by the holder, or anybody): it is served;
 //   - the lease is gone without a value (the holder died, or its load failed): this process
 //     takes the lease over and loads, or keeps waiting if another took it first;
-//   - a write retired the generation: this process loads on its own, as it did before leases;
+//   - a write retired the generation: this process follows the new one (see leased);
 //   - Redis fails (an error, a timeout, the breaker opens): it loads on its own;
 //   - LeaseTTL + LoadTimeout pass (a dead holder's lease plus a full load by its successor):
 //     it loads on its own.
@@ -74,39 +74,55 @@ const (
 	leaseNone      = "unleased"   // this process loaded without a lease (see reason)
 )
 
-// leased runs fill (load and store the generation gen of k) once per fleet: under a lease, or
-// not at all if another process holding the lease stores the value first. With leases off it
-// just runs fill.
-func (c *Cache) leased(ctx context.Context, k Key, gen string, fill func(context.Context) (served, error)) (served, error) {
+// leased runs fill (load generation gen of k and store it under gen) once per fleet: under a
+// lease, or not at all if another process holding the lease stores the value first. With
+// leases off it just runs fill.
+//
+// A write that retires the generation while this process waits makes it follow the new one:
+// the readers waiting here all began before the write returned, so the new generation's value
+// is right for them too, and its load is the one the fleet needs next anyway (loading the
+// retired generation would cost a query whose value nobody reads). fill is then called with
+// the new generation, observed current before the load begins, which is what put requires.
+// Writes landing faster than a load can follow are followed a few times, then this process
+// loads on its own.
+func (c *Cache) leased(ctx context.Context, k Key, gen string, fill func(context.Context, string) (served, error)) (served, error) {
 	if c.opts.LeaseTTL <= 0 {
-		return fill(ctx)
+		return fill(ctx, gen)
 	}
-	lk, token := c.leaseKey(k, gen), leaseToken(ctx)
-	held, err := c.takeLease(ctx, lk, token)
-	switch {
-	case err != nil:
-		c.noteLease(ctx, k, leaseNone, "redis")
-		return fill(ctx)
-	case held:
-		c.noteLease(ctx, k, leaseAcquired, "")
-		return c.holding(ctx, lk, token, fill)
+	for follows := 0; ; follows++ {
+		lk, token := c.leaseKey(k, gen), leaseToken(ctx)
+		held, err := c.takeLease(ctx, lk, token)
+		switch {
+		case err != nil:
+			c.noteLease(ctx, k, leaseNone, "redis")
+			return fill(ctx, gen)
+		case held:
+			c.noteLease(ctx, k, leaseAcquired, "")
+			return c.holding(ctx, lk, token, gen, fill)
+		}
+		s, outcome, reason, next := c.waitLease(ctx, k, gen, lk, token)
+		c.noteLease(ctx, k, outcome, reason)
+		switch {
+		case outcome == leaseWaited:
+			s.Served.Shared = true // a load another request started, in another process
+			return s, nil
+		case outcome == leaseTakenOver:
+			return c.holding(ctx, lk, token, gen, fill)
+		case reason == "retired" && next != "" && follows < maxFollows:
+			gen = next
+			continue
+		}
+		return fill(ctx, gen)
 	}
-	s, outcome, reason := c.waitLease(ctx, k, gen, lk, token)
-	c.noteLease(ctx, k, outcome, reason)
-	switch outcome {
-	case leaseWaited:
-		s.Served.Shared = true // a load another request started, in another process
-		return s, nil
-	case leaseTakenOver:
-		return c.holding(ctx, lk, token, fill)
-	}
-	return fill(ctx)
 }
+
+// maxFollows bounds how many retirements one load follows (see leased).
+const maxFollows = 3
 
 // holding runs fill as the lease's holder, then releases the lease: fill has stored the value,
 // or failed, and either way the lease has nothing left to protect.
-func (c *Cache) holding(ctx context.Context, lk, token string, fill func(context.Context) (served, error)) (served, error) {
-	s, err := fill(ctx)
+func (c *Cache) holding(ctx context.Context, lk, token, gen string, fill func(context.Context, string) (served, error)) (served, error) {
+	s, err := fill(ctx, gen)
 	rerr := c.call(ctx, func(ctx context.Context) error {
 		return releaseLease.Run(ctx, c.rdb, []string{lk}, token).Err()
 	})
@@ -129,8 +145,8 @@ func (c *Cache) takeLease(ctx context.Context, lk, token string) (bool, error) {
 
 // waitLease waits for the holder of lease lk to store generation gen of k. It returns the value
 // and leaseWaited, or leaseTakenOver once this process holds the lease, or leaseNone with the
-// reason it stopped waiting.
-func (c *Cache) waitLease(ctx context.Context, k Key, gen, lk, token string) (s served, outcome, reason string) {
+// reason it stopped waiting (and, when a write retired gen, the generation now current).
+func (c *Cache) waitLease(ctx context.Context, k Key, gen, lk, token string) (s served, outcome, reason, next string) {
 	ctx, span := c.tracer.Start(ctx, "cache.lease.wait "+k.Space)
 	space := metric.WithAttributes(attribute.String("cache.keyspace", k.Space))
 	c.leaseWaiting.Add(ctx, 1, space)
@@ -150,11 +166,11 @@ func (c *Cache) waitLease(ctx context.Context, k Key, gen, lk, token string) (s 
 	for wait := leaseFirstPoll; ; wait = min(2*wait, leaseMaxPoll) {
 		left := time.Until(deadline)
 		if left <= 0 {
-			return s, leaseNone, "wait_timeout"
+			return s, leaseNone, "wait_timeout", ""
 		}
 		select {
 		case <-ctx.Done(): // flights are detached from their readers, whose own contexts bound them
-			return s, leaseNone, "cancelled"
+			return s, leaseNone, "cancelled", ""
 		case <-time.After(min(wait, left)):
 		}
 		polls++
@@ -165,7 +181,7 @@ func (c *Cache) waitLease(ctx context.Context, k Key, gen, lk, token string) (s 
 			return err
 		})
 		if err != nil {
-			return s, leaseNone, "redis"
+			return s, leaseNone, "redis", ""
 		}
 		cur, _ := vals[0].(string)
 		stored, _ := vals[1].(string)
@@ -182,10 +198,10 @@ func (c *Cache) waitLease(ctx context.Context, k Key, gen, lk, token string) (s 
 		// was loaded after the write.)
 		if v, ok := unpack(stored, cur); ok {
 			s.View = v
-			return s, leaseWaited, ""
+			return s, leaseWaited, "", ""
 		}
 		if cur != gen {
-			return s, leaseNone, "retired"
+			return s, leaseNone, "retired", cur
 		}
 		if holder != "" {
 			continue
@@ -193,10 +209,10 @@ func (c *Cache) waitLease(ctx context.Context, k Key, gen, lk, token string) (s 
 		held, err := c.takeLease(ctx, lk, token)
 		switch {
 		case err != nil:
-			return s, leaseNone, "redis"
+			return s, leaseNone, "redis", ""
 		case held:
 			s.loadSpan = trace.SpanContext{}
-			return s, leaseTakenOver, ""
+			return s, leaseTakenOver, "", ""
 		}
 		wait = leaseFirstPoll / 2 // a new holder has just begun: look again soon
 	}
