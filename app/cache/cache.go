@@ -7,6 +7,7 @@
 //	invalidate.go the write side: retiring generations after a write
 //	pending.go    invalidations Redis has not confirmed, and their redelivery
 //	nearcache.go  the optional in-process tier in front of Redis
+//	lease.go      leases that make a miss storm cost one load per fleet, not per process
 //
 // # Why generations
 //
@@ -31,7 +32,8 @@
 //
 // Concurrent reads of a key share rounds (rounds.go): a read joins only a round that has not
 // started, so it is never answered by work that began before it, and a storm of any size costs
-// two lookups and one load. Redis operations are bounded to what the client's connection pool
+// two lookups and one load; with leases on (lease.go), one load across every process that
+// shares the Redis. Redis operations are bounded to what the client's connection pool
 // holds, so no operation waits for a connection inside its own time budget: waiting behind this
 // process's own traffic is not Redis failing, and never counts against the circuit breaker.
 //
@@ -120,6 +122,11 @@ type Options struct {
 	// reloaded before it expires. Zero turns early refresh off; above 1 refreshes earlier.
 	EarlyRefreshBeta float64
 	Logger           *slog.Logger
+
+	// LeaseTTL, when above zero, makes a miss take a lease on its generation in Redis before it
+	// loads, so a miss storm costs one load per fleet, not per process (lease.go). It is how
+	// long a dead holder holds the others up; keep it at most LoadTimeout.
+	LeaseTTL time.Duration
 }
 
 // Cache is safe for concurrent use.
@@ -138,10 +145,13 @@ type Cache struct {
 	pending  *pending
 	near     *nearCache // nil when off
 
-	tracer    trace.Tracer
-	outcomes  metric.Int64Counter
-	sourced   metric.Int64Counter
-	refreshed metric.Int64Counter
+	tracer        trace.Tracer
+	outcomes      metric.Int64Counter
+	sourced       metric.Int64Counter
+	refreshed     metric.Int64Counter
+	leases        metric.Int64Counter
+	leaseWaiting  metric.Int64UpDownCounter
+	waitsOnLeases atomic.Int64 // loads that waited on another process's lease (tests read it)
 
 	refreshing     sync.Map // value keys with an early refresh under way in this process
 	refreshMu      sync.Mutex
@@ -194,6 +204,7 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 		metric.WithDescription("Reads of the source of truth on a miss, bypass or early refresh, by keyspace and result (found, not_found, error); one per shared load."))
 	c.refreshed, _ = meter.Int64Counter("cacheside.cache.early_refreshes",
 		metric.WithDescription("Values reloaded in the background before their TTL ended (XFetch), by keyspace."))
+	c.newLeaseMetrics(meter)
 	_, _ = meter.Int64ObservableGauge("cacheside.cache.breaker.state",
 		metric.WithDescription("Redis circuit breaker: 0 closed, 1 half-open, 2 open."),
 		metric.WithInt64Callback(func(_ context.Context, obs metric.Int64Observer) error {
@@ -381,13 +392,18 @@ func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (served, error) {
 	case <-ctx.Done():
 		return served{View: view.View{Served: view.Served{Outcome: view.Miss}}}, ctx.Err()
 	}
+	if errors.Is(fl.err, errRefreshLeft) {
+		// This miss joined an early refresh that left the load to another process's lease:
+		// look again, which loads or waits on that lease like any miss.
+		return c.fetch(ctx, k, load)
+	}
 	if fl.err != nil && r.res.stale != nil && c.staleMayAnswer(k, fl.err) {
 		s := served{View: *r.res.stale, loadErr: fl.err}
 		s.Served = view.Served{Outcome: view.Stale, Tier: view.Redis}
 		return s, nil
 	}
 	s := fl.res
-	s.Served.Shared = joined || !r.res.started
+	s.Served.Shared = s.Served.Shared || joined || !r.res.started
 	return s, fl.err
 }
 
@@ -433,28 +449,36 @@ func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
 		cur.Served = view.Served{Outcome: view.Hit, Tier: view.Redis}
 		return looked{hit: cur}
 	}
-	fl, started := c.loadGeneration(ctx, k, gen, version, load)
+	fl, started := c.loadGeneration(ctx, k, gen, version, load, false)
 	return looked{flight: fl, started: started, stale: cur}
 }
 
 // loadGeneration attaches to the load of k's generation gen, starting it if none is running:
 // the one place a value is loaded and stored, for misses and early refreshes alike. version is
-// the near-cache's version of k, noted before gen was read.
-func (c *Cache) loadGeneration(ctx context.Context, k Key, gen string, version uint64, load Loader) (*flight, bool) {
+// the near-cache's version of k, noted before gen was read. The load runs once per fleet, under
+// the generation's lease (lease.go); refresh says an early refresh starts it, which loads only
+// if it takes the lease: a refresh that finds the lease held leaves the load to its holder.
+func (c *Cache) loadGeneration(ctx context.Context, k Key, gen string, version uint64, load Loader, refresh bool) (*flight, bool) {
 	vk := c.valKey(k)
 	return c.loads.attach(ctx, vk+"@"+gen, func(ctx context.Context) (served, error) {
-		began := time.Now()
-		s, err := c.load(ctx, k, load)
+		s, err := c.leased(ctx, k, gen, refresh, func(ctx context.Context, gen string) (served, error) {
+			began := time.Now()
+			s, err := c.load(ctx, k, load)
+			if err != nil {
+				return s, err
+			}
+			s.View = c.compress(s.View)
+			s.View.LoadTime = time.Since(began) // XFetch's delta: what making the value again costs
+			s.View = c.put(ctx, k, gen, s.View)
+			return s, nil
+		})
 		if err != nil {
 			return served{View: view.View{Served: view.Served{Outcome: view.Miss}}}, err
 		}
-		s.View = c.compress(s.View)
-		s.View.LoadTime = time.Since(began) // XFetch's delta: what making the value again costs
-		s.View = c.put(ctx, k, gen, s.View)
 		if c.near != nil {
 			c.near.keep(vk, version, s.View)
 		}
-		s.Served = view.Served{Outcome: view.Miss}
+		s.Served = view.Served{Outcome: view.Miss, Shared: s.Served.Shared}
 		return s, nil
 	})
 }
@@ -522,11 +546,16 @@ func (c *Cache) refresh(ctx context.Context, k Key, load Loader, expires time.Ti
 			span.SetAttributes(attribute.Bool("cache.refresh_done_elsewhere", true))
 			return
 		}
-		fl, started := c.loadGeneration(ctx, k, gen, version, load)
-		if started {
+		fl, started := c.loadGeneration(ctx, k, gen, version, load, true)
+		<-fl.done
+		switch {
+		case errors.Is(fl.err, errRefreshLeft):
+			// Another replica holds the generation's lease: it is loading, the fleet refreshes once.
+			span.SetAttributes(attribute.Bool("cache.refresh_done_elsewhere", true))
+			return
+		case started:
 			c.refreshed.Add(ctx, 1, metric.WithAttributes(attribute.String("cache.keyspace", k.Space)))
 		}
-		<-fl.done
 		if fl.err != nil {
 			span.RecordError(fl.err)
 			span.SetStatus(codes.Error, "load failed: the current value stays until its TTL")

@@ -34,3 +34,6 @@ func (c *Cache) MostRedisOperationsInFlight() (most, bound int64) {
 func (c *Cache) NearCacheMessage(k Key) (channel, payload string) {
 	return c.near.channel, c.near.message(c.valKey(k))
 }
+
+// LeaseWaits is how many of this cache's loads have waited on another cache's lease.
+func (c *Cache) LeaseWaits() int64 { return c.waitsOnLeases.Load() }

@@ -70,6 +70,9 @@ type Config struct {
 	CacheInvalidationTimeout  time.Duration `envconfig:"CACHE_INVALIDATION_TIMEOUT" default:"1s" desc:"how long a write keeps retrying to retire what it changed in Redis before it returns with that deferred (this replica then bypasses those keys and retries in the background); 0: one attempt"`
 	CacheInvalidationReplicas int           `envconfig:"CACHE_INVALIDATION_REPLICAS" default:"0" desc:"Redis replicas that must acknowledge an invalidation (WAIT) before it counts as delivered, so a failover cannot bring a retired generation back; 0: off"`
 
+	CacheLeases   bool          `envconfig:"CACHE_LEASES" default:"true" desc:"coalesce misses across replicas: before loading, a replica takes a short lease on the key's generation in Redis, and replicas that miss meanwhile wait for its value instead of querying Postgres"`
+	CacheLeaseTTL time.Duration `envconfig:"CACHE_LEASE_TTL" default:"0s" desc:"how long a lease lives, i.e. how long a replica that died while loading holds the others up before one takes over; at most DATABASE_TIMEOUT (0: DATABASE_TIMEOUT, which bounds every load)"`
+
 	CacheCompression   string        `envconfig:"CACHE_COMPRESSION" default:"gzip" desc:"how cached bodies are stored and sent to clients that accept it: gzip or none"`
 	CacheLocalEnabled  bool          `envconfig:"CACHE_LOCAL_ENABLED" default:"false" desc:"keep an in-process near-cache in front of Redis, invalidated across replicas through Redis pub/sub"`
 	CacheLocalTTL      time.Duration `envconfig:"CACHE_LOCAL_TTL" default:"2s" desc:"life of a near-cache entry: the longest another replica can serve a value after a write if an invalidation message is lost"`
@@ -338,6 +341,9 @@ func (c Config) validate(serving bool) []string {
 	}
 	if c.CacheInvalidationTimeout < 0 {
 		p = append(p, "CACHE_INVALIDATION_TIMEOUT: must be 0 or a positive duration")
+	}
+	if c.CacheLeaseTTL < 0 || c.CacheLeaseTTL > c.DatabaseTimeout || (c.CacheLeaseTTL > 0 && c.CacheLeaseTTL < time.Millisecond) {
+		p = append(p, "CACHE_LEASE_TTL: must be 0 (DATABASE_TIMEOUT) or from 1ms up to DATABASE_TIMEOUT")
 	}
 	if c.CacheInvalidationReplicas < 0 {
 		p = append(p, "CACHE_INVALIDATION_REPLICAS: must be 0 or more")

@@ -97,6 +97,27 @@ func TestANearCacheNeedsRoom(t *testing.T) {
 	}
 }
 
+// TestALeaseOutlivesNoLoad: a lease longer than DATABASE_TIMEOUT would only hold the other
+// replicas up longer when its holder dies, since no load outlives DATABASE_TIMEOUT.
+func TestALeaseOutlivesNoLoad(t *testing.T) {
+	for _, tc := range []struct {
+		ttl string
+		ok  bool
+	}{{"0s", true}, {"1s", true}, {"5s", true}, {"6s", false}, {"-1s", false}, {"100us", false}} {
+		t.Run("CACHE_LEASE_TTL="+tc.ttl, func(t *testing.T) {
+			isolate(t)
+			t.Setenv("DATABASE_URL", "postgres://app@db/app")
+			t.Setenv("REDIS_URL", "redis://cache:6379/0")
+			t.Setenv("DATABASE_TIMEOUT", "5s")
+			t.Setenv("CACHE_LEASE_TTL", tc.ttl)
+			_, err := config.Load()
+			if got := err == nil; got != tc.ok || (err != nil && !strings.Contains(err.Error(), "CACHE_LEASE_TTL:")) {
+				t.Errorf("accepted = %v (%v), want %v", got, err, tc.ok)
+			}
+		})
+	}
+}
+
 func TestRedactHidesPasswords(t *testing.T) {
 	for _, raw := range []string{"postgres://app:s3cret@db/app", "rediss://default:s3cret@cache:6380/0", "postgres://app:s3cret@db:bad port/x"} {
 		if got := config.Redact(raw); strings.Contains(got, "s3cret") {

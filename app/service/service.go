@@ -170,8 +170,21 @@ func CacheOptions(cfg config.Config, log *slog.Logger) cache.Options {
 		// client hanging up must not be papered over with an older value.
 		StaleIfError:     func(err error) bool { return errors.Is(err, samples.ErrUnavailable) },
 		EarlyRefreshBeta: cfg.CacheEarlyRefreshBeta,
+		LeaseTTL:         leaseTTL(cfg),
 		Logger:           log,
 	}
+}
+
+// leaseTTL is how long a miss's lease lives: DATABASE_TIMEOUT unless set shorter, since no load
+// outlives it (zero: leases off).
+func leaseTTL(cfg config.Config) time.Duration {
+	switch {
+	case !cfg.CacheLeases:
+		return 0
+	case cfg.CacheLeaseTTL > 0:
+		return cfg.CacheLeaseTTL
+	}
+	return cfg.DatabaseTimeout
 }
 
 // Handler is the HTTP API clients reach.
