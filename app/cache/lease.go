@@ -274,7 +274,7 @@ func holderSpan(token string) trace.SpanContext {
 // newLeaseMetrics registers the lease instruments and the gauge of reads waiting on loads.
 func (c *Cache) newLeaseMetrics(meter metric.Meter) {
 	c.leases, _ = meter.Int64Counter("cacheside.cache.leases",
-		metric.WithDescription("Shared loads by how they came by their value across processes: acquired (took the lease, loaded), waited (served what the lease holder stored), taken_over (the holder's lease ended without a value; took it and loaded), unleased (loaded without a lease; reason: redis, retired, wait_timeout)."))
+		metric.WithDescription("Shared loads by how they came by their value across processes: acquired (took the lease, loaded), waited (served what the lease holder stored), taken_over (the holder's lease ended without a value; took it and loaded), unleased (loaded without a lease; reason: redis, retired, wait_timeout), left (an early refresh found the lease held and left the load to its holder)."))
 	c.leaseWaiting, _ = meter.Int64UpDownCounter("cacheside.cache.lease.waiting",
 		metric.WithDescription("Shared loads now waiting for another process's lease; stuck high, a holder is slow or dead."))
 	_, _ = meter.Int64ObservableGauge("cacheside.cache.loads.waiting",
