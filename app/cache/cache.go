@@ -301,13 +301,23 @@ func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (view.View, error
 // the generation it saw, or, if Redis cannot be used, a shared load that bypasses it.
 func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (served, error) {
 	vk := c.valKey(k)
+	plain := view.WantsPlain(ctx)
 	if c.near != nil && !c.pending.has(k) {
 		if v, ok := c.near.get(vk); ok {
+			if plain {
+				v = c.near.withPlain(vk, v)
+			}
 			v.Served = view.Served{Outcome: view.Hit, Tier: view.Local}
 			return served{View: v}, nil
 		}
 	}
-	r, joined := c.lookups.join(ctx, vk, func(ctx context.Context) looked { return c.look(ctx, k, load) })
+	// Reads for clients that do not take gzip look up the plain copy too, so they share rounds
+	// of their own.
+	round := vk
+	if plain {
+		round += " plain"
+	}
+	r, joined := c.lookups.join(ctx, round, func(ctx context.Context) looked { return c.look(ctx, k, load, plain) })
 	select {
 	case <-r.done:
 	case <-ctx.Done():
@@ -346,7 +356,13 @@ func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (served, error) {
 
 // look is one lookup round: the lookup in Redis, and on a miss the flight that loads the value
 // of the generation it saw. It runs detached from the requests waiting on it.
-func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
+//
+// A round for clients that do not take gzip (plain) also reads the view's plain copy. When a
+// gzip view has none, the round decompresses it once for all its members and stores the copy
+// under the generation it read, so the next such rounds fetch it instead of decompressing:
+// measured at 1,000 rows, fetching the 88 KB copy costs a Redis hit less than gunzipping its
+// 5 KB (see the commit that brought it). Views no such client reads never get a copy.
+func (c *Cache) look(ctx context.Context, k Key, load Loader, plain bool) looked {
 	if c.pending.has(k) {
 		return looked{bypass: errPending}
 	}
@@ -355,11 +371,17 @@ func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
 	if c.near != nil {
 		version = c.near.version(vk) // noted before Redis is asked: see nearCache.keep
 	}
-	gen, hit, err := c.lookup(ctx, k)
+	gen, hit, err := c.lookup(ctx, k, plain)
 	if err != nil {
 		return looked{bypass: err}
 	}
 	if hit != nil {
+		if plain && hit.Plain == nil && hit.Encoding == "gzip" {
+			if p, err := hit.JSON(); err == nil { // else the handler reports it
+				hit.Plain = p
+				c.putPlain(ctx, k, gen, *hit)
+			}
+		}
 		if c.near != nil {
 			c.near.keep(vk, version, *hit)
 		}
@@ -372,9 +394,13 @@ func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
 			return served{View: view.View{Served: view.Served{Outcome: view.Miss}}}, err
 		}
 		s.View = c.compress(s.View)
-		c.put(ctx, k, gen, s.View)
+		c.put(ctx, k, gen, s.View, plain)
 		if c.near != nil {
-			c.near.keep(vk, version, s.View)
+			kept := s.View
+			if !plain { // the plain copy is kept for the clients that read it, not for all
+				kept.Plain = nil
+			}
+			c.near.keep(vk, version, kept)
 		}
 		s.Served = view.Served{Outcome: view.Miss}
 		return s, nil
@@ -430,17 +456,30 @@ var (
 	errSaturated   = errors.New("no Redis connection free within the timeout")
 )
 
-// lookup returns the current generation and, on a hit, the cached view. An error means Redis is
-// unusable for this read (the caller bypasses it).
-func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *view.View, err error) {
+// lookup returns the current generation and, on a hit, the cached view, with its plain copy
+// when plain asks for it and Redis holds one. An error means Redis is unusable for this read
+// (the caller bypasses it).
+func (c *Cache) lookup(ctx context.Context, k Key, plain bool) (gen string, hit *view.View, err error) {
 	err = c.call(ctx, func(ctx context.Context) error {
-		vals, err := c.rdb.MGet(ctx, c.genKey(k), c.valKey(k)).Result()
+		keys := []string{c.genKey(k), c.valKey(k)}
+		if plain {
+			keys = append(keys, c.plainKey(k))
+		}
+		vals, err := c.rdb.MGet(ctx, keys...).Result()
 		if err != nil {
 			return err
 		}
 		gen, _ = vals[0].(string)
 		stored, _ := vals[1].(string)
 		if v, ok := unpack(stored, gen); ok {
+			if plain && v.Encoding == "gzip" {
+				// The copy counts only next to a current view with the same ETag: it is a copy of
+				// that view, never a value of its own.
+				copied, _ := vals[2].(string)
+				if p, ok := unpack(copied, gen); ok && p.Found && p.Encoding == "" && p.ETag == v.ETag {
+					v.Plain = p.Body
+				}
+			}
 			hit = &v
 			return nil
 		}
@@ -463,17 +502,26 @@ func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *view.View, 
 	return gen, hit, err
 }
 
-// put stores a loaded view under the generation it was loaded for. Best effort: a failure only
-// costs a later miss (and counts against the breaker).
-func (c *Cache) put(ctx context.Context, k Key, gen string, v view.View) {
+// put stores a loaded view under the generation it was loaded for, and its plain copy when a
+// client that does not take gzip asked for it (plain). Best effort: a failure only costs a later
+// miss (and counts against the breaker).
+func (c *Cache) put(ctx context.Context, k Key, gen string, v view.View, plain bool) {
 	ttl := c.opts.NegativeTTL
 	if v.Found {
 		ttl = c.opts.TTL
 	}
+	ttl = c.jitter(ttl)
 	stored := pack(gen, v)
+	var copied []byte
+	if plain && v.Encoding == "gzip" && v.Plain != nil {
+		copied = pack(gen, view.View{Body: v.Plain, ETag: v.ETag, Found: true})
+	}
 	err := c.call(ctx, func(ctx context.Context) error {
 		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			p.Set(ctx, c.valKey(k), stored, c.jitter(ttl))
+			p.Set(ctx, c.valKey(k), stored, ttl)
+			if copied != nil {
+				p.Set(ctx, c.plainKey(k), copied, ttl)
+			}
 			p.Expire(ctx, c.genKey(k), c.genTTL)
 			return nil
 		})
@@ -484,10 +532,26 @@ func (c *Cache) put(ctx context.Context, k Key, gen string, v view.View) {
 	}
 }
 
-// compress gzips a loaded view's body once, when it is stored, if the cache is set to.
+// putPlain stores the plain copy of a gzip view found in Redis under the generation it was read
+// with. Like the view, it counts only while that generation is current. Its TTL is a full one
+// (the view's remaining life is not known here); a copy outliving its view is never served, as
+// lookup uses it only next to a current view. Best effort, like put.
+func (c *Cache) putPlain(ctx context.Context, k Key, gen string, v view.View) {
+	copied := pack(gen, view.View{Body: v.Plain, ETag: v.ETag, Found: true})
+	err := c.call(ctx, func(ctx context.Context) error {
+		return c.rdb.Set(ctx, c.plainKey(k), copied, c.jitter(c.opts.TTL)).Err()
+	})
+	if err != nil {
+		c.opts.Logger.DebugContext(ctx, "cache store of a plain copy failed", "space", k.Space, "err", err)
+	}
+}
+
+// compress gzips a loaded view's body once, when it is stored, if the cache is set to. The body
+// as loaded stays as the plain copy: the reads that share the load and do not take gzip are
+// answered with it.
 func (c *Cache) compress(v view.View) view.View {
 	if c.opts.Compress && v.Found {
-		v.Body, v.Encoding = gzipBytes(v.Body), "gzip"
+		v.Plain, v.Body, v.Encoding = v.Body, gzipBytes(v.Body), "gzip"
 	}
 	return v
 }

@@ -15,6 +15,8 @@ import (
 //
 //	<prefix>:{<space>:<id>}:g   the current generation: 16 random hex characters
 //	<prefix>:{<space>:<id>}:v   the stored view: a 34-byte header, then the body
+//	<prefix>:{<space>:<id>}:p   a plain copy of a gzip view, laid out as :v, kept for the clients
+//	                            that do not take gzip once one has read the view (see Cache.look)
 //
 // The header is the generation the view was loaded under (16 bytes), whether it was found ('1')
 // or is a remembered absence ('0'), its encoding ('g' gzip, 'i' identity), and its ETag (16 hex
@@ -33,6 +35,8 @@ const (
 func (c *Cache) genKey(k Key) string { return c.opts.Prefix + ":{" + k.Space + ":" + k.ID + "}:g" }
 
 func (c *Cache) valKey(k Key) string { return c.opts.Prefix + ":{" + k.Space + ":" + k.ID + "}:v" }
+
+func (c *Cache) plainKey(k Key) string { return c.opts.Prefix + ":{" + k.Space + ":" + k.ID + "}:p" }
 
 // newToken is a fresh generation: random, so a generation recreated after Redis lost it never
 // matches a value stored under an old one.
