@@ -25,7 +25,7 @@ type View struct {
 	// tier keeping a plain copy for clients that do not take gzip); nil otherwise. Read it
 	// through JSON.
 	Plain []byte
-	ETag     string // Fingerprint of the JSON, the same for every encoding and tier
+	ETag  string // Fingerprint of the JSON, the same for every encoding and tier
 	// Found is false for an absence, which the cache remembers too; such a read comes back with
 	// ErrNotFound.
 	Found  bool
