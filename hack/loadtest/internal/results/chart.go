@@ -235,19 +235,28 @@ func drawLegend(c *canvas, f *fonts, order []Measurement, colors map[string]colo
 
 func targetColors(order []Measurement) map[string]color.Color {
 	out := map[string]color.Color{}
-	cached := 0
+	cached, ceilings, directs := 0, 0, 0
 	for _, m := range order {
 		switch m.Kind {
 		case Ceiling:
-			out[m.Target] = ceilingColor
+			// A second ceiling (another client's) in a lighter shade of the same colour.
+			out[m.Target] = lighter(ceilingColor, ceilings)
+			ceilings++
 		case Direct:
-			out[m.Target] = directColor
+			out[m.Target] = lighter(directColor, directs)
+			directs++
 		default:
 			out[m.Target] = cachedColors[cached%len(cachedColors)]
 			cached++
 		}
 	}
 	return out
+}
+
+// lighter is col, mixed with white more for each n.
+func lighter(col color.RGBA, n int) color.Color {
+	mix := func(v uint8) uint8 { return uint8(255 - (255-int(v))*2/(2+n*2)) }
+	return color.RGBA{R: mix(col.R), G: mix(col.G), B: mix(col.B), A: 0xff}
 }
 
 func throughputRange(all []Measurement) (lo, hi float64) {
