@@ -367,9 +367,14 @@ type Verdict struct {
 // Met reports whether the goal was reached in this cell.
 func (v Verdict) Met() bool { return v.Measured && v.Ratio >= v.Goal.Min }
 
+// measured has a digit more than the table's ratios, so that a ratio just short of its goal
+// does not print as the goal itself.
 func (v Verdict) measured() string {
 	if !v.Measured {
 		return "—"
+	}
+	if v.Ratio < 10 {
+		return strconv.FormatFloat(v.Ratio, 'f', 3, 64) + "×"
 	}
 	return Times(v.Ratio)
 }

@@ -280,7 +280,7 @@ func TestGoalsAreCheckedPerClientAndConnections(t *testing.T) {
 	if err := results.WriteMarkdown(&b, results.Report{Title: "t", Verdicts: results.Check(all, goals)}, all); err != nil {
 		t.Fatal(err)
 	}
-	if want := "| /cache redis ≥ 5.00× /sample | 1,000 | identity | 8 | /cache redis | 4.00× | **no** |\n"; !strings.Contains(b.String(), want) {
+	if want := "| /cache redis ≥ 5.00× /sample | 1,000 | identity | 8 | /cache redis | 4.000× | **no** |\n"; !strings.Contains(b.String(), want) {
 		t.Errorf("the report lacks %q:\n%s", want, b.String())
 	}
 }
