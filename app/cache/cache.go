@@ -360,7 +360,7 @@ func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (served, error) {
 // A round for clients that do not take gzip (plain) also reads the view's plain copy. When a
 // gzip view has none, the round decompresses it once for all its members and stores the copy
 // under the generation it read, so the next such rounds fetch it instead of decompressing:
-// measured at 1,000 rows, fetching the 88 KB copy costs a Redis hit less than gunzipping its
+// measured at 1,000 rows, fetching the 75 KB copy costs a Redis hit less than gunzipping its
 // 5 KB (see the commit that brought it). Views no such client reads never get a copy.
 func (c *Cache) look(ctx context.Context, k Key, load Loader, plain bool) looked {
 	if c.pending.has(k) {
