@@ -37,3 +37,17 @@ func (c *Cache) NearCacheMessage(k Key) (channel, payload string) {
 
 // LeaseWaits is how many of this cache's loads have waited on another cache's lease.
 func (c *Cache) LeaseWaits() int64 { return c.waitsOnLeases.Load() }
+
+// NearCacheHeld is the memory the near-cache's entries hold, counted from the entries themselves
+// (bodies and plain copies by capacity, keys, ETags, and the same per-entry overhead the weigher
+// charges), once pending evictions have run; and how many entries carry a plain copy.
+func (c *Cache) NearCacheHeld() (bytes int64, plainCopies int) {
+	c.near.entries.CleanUp()
+	for k, v := range c.near.entries.All() {
+		bytes += int64(len(k) + cap(v.Body) + cap(v.Plain) + len(v.ETag) + 64)
+		if v.Plain != nil {
+			plainCopies++
+		}
+	}
+	return bytes, plainCopies
+}

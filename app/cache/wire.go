@@ -17,6 +17,9 @@ import (
 //
 //	<prefix>:{<space>:<id>}:g   the current generation: 16 random hex characters
 //	<prefix>:{<space>:<id>}:v   the stored view: a 59-byte header, then the body
+//	<prefix>:{<space>:<id>}:p   a plain copy of a gzip view, laid out as :v (same header: its
+//	                            generation, stored, expires and load time are :v's), kept for the
+//	                            clients that do not take gzip once one has read the view (see Cache.look)
 //
 // The header, in order:
 //
@@ -57,6 +60,8 @@ const (
 func (c *Cache) genKey(k Key) string { return c.opts.Prefix + ":{" + k.Space + ":" + k.ID + "}:g" }
 
 func (c *Cache) valKey(k Key) string { return c.opts.Prefix + ":{" + k.Space + ":" + k.ID + "}:v" }
+
+func (c *Cache) plainKey(k Key) string { return c.opts.Prefix + ":{" + k.Space + ":" + k.ID + "}:p" }
 
 // newToken is a fresh generation: random, so a generation recreated after Redis lost it never
 // matches a value stored under an old one.

@@ -83,7 +83,7 @@ func hotKeyPhase(ctx context.Context, o options, beta string, stderr io.Writer) 
 		DisableCompression: true, MaxIdleConnsPerHost: o.hotConns, MaxConnsPerHost: o.hotConns, Proxy: nil,
 	}}
 	defer client.CloseIdleConnections()
-	header := requestHeader(o.acceptEncoding)
+	header := requestHeader(o.clients[0].acceptEncoding) // the first kind of client, as the replication section
 	get := func(url string) (string, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
