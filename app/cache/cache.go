@@ -152,6 +152,7 @@ type Cache struct {
 	leases        metric.Int64Counter
 	leaseWaiting  metric.Int64UpDownCounter
 	waitsOnLeases atomic.Int64 // loads that waited on another process's lease (tests read it)
+	leasePolls    atomic.Int64 // polls of those waits (tests read it)
 
 	refreshing     sync.Map // value keys with an early refresh under way in this process
 	refreshMu      sync.Mutex

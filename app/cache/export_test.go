@@ -38,6 +38,9 @@ func (c *Cache) NearCacheMessage(k Key) (channel, payload string) {
 // LeaseWaits is how many of this cache's loads have waited on another cache's lease.
 func (c *Cache) LeaseWaits() int64 { return c.waitsOnLeases.Load() }
 
+// LeasePolls is how many times those waits have polled Redis.
+func (c *Cache) LeasePolls() int64 { return c.leasePolls.Load() }
+
 // NearCacheHeld is the memory the near-cache's entries hold, counted from the entries themselves
 // (bodies and plain copies by capacity, keys, ETags, and the same per-entry overhead the weigher
 // charges), once pending evictions have run; and how many entries carry a plain copy.

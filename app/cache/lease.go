@@ -190,6 +190,7 @@ func (c *Cache) waitLease(ctx context.Context, k Key, gen, lk, token string) (s 
 		case <-time.After(min(wait, left)):
 		}
 		polls++
+		c.leasePolls.Add(1)
 		var vals []any
 		err := c.call(ctx, func(ctx context.Context) error {
 			var err error

@@ -177,3 +177,52 @@ func TestAHolderWhoseLoadFailsHandsTheLeaseOn(t *testing.T) {
 		t.Errorf("the waiter = %q, %v; want the value from its own load", r.v.Body, r.err)
 	}
 }
+
+// TestALeaseWaiterWaitsForTheHoldersValueNotTheExpiredOne: a value past its TTL stays in Redis
+// for outages (CACHE_STALE_GRACE) under its still-current generation. It is what a miss missed
+// on, not the value the lease holder is loading: a process waiting on the lease must go on
+// waiting for the holder's value, not serve the expired one the moment it polls.
+func TestALeaseWaiterWaitsForTheHoldersValueNotTheExpiredOne(t *testing.T) {
+	// A lease of an hour, so only the holder's value ends the wait; no early refresh, so the
+	// value expires into a miss.
+	caches := fleet(t, 2, "DATABASE_TIMEOUT=1h", "CACHE_TTL=300ms", "CACHE_TTL_JITTER=0", "CACHE_EARLY_REFRESH_BETA=0")
+	a, b := caches[0], caches[1]
+	src := &source{value: "old"}
+	stored := fetch(t, a, src.load)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if left := time.Until(stored.Expires); left >= 0 {
+			return fmt.Errorf("the value has %v of its TTL left", left)
+		}
+		return nil
+	})
+	src.set("new") // a change the cache has not been told of: the TTL is what bounds "old"
+
+	held := holdLoad(src)
+	holding := fetchAsync(a, held.load)
+	<-held.entered
+	waiting := fetchAsync(b, src.load)
+	waitingOnALease(t, b, 1)
+	// Two polls have read the expired value and the held lease: a waiter that took the expired
+	// value would have answered at the first.
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := b.LeasePolls(); n < 2 {
+			return fmt.Errorf("%d polls", n)
+		}
+		return nil
+	})
+	select {
+	case r := <-waiting:
+		t.Fatalf("the waiter answered %s %q (expires %v) while the holder was still loading", r.v.Served.Outcome, gunzip(t, r.v), r.v.Expires)
+	default:
+	}
+	close(held.released)
+	if r := <-holding; r.err != nil || gunzip(t, r.v) != "new" {
+		t.Errorf("the holder = %q, %v; want the new row", gunzip(t, r.v), r.err)
+	}
+	if r := <-waiting; r.err != nil || gunzip(t, r.v) != "new" || r.v.Served.Outcome != view.Miss {
+		t.Errorf("the waiter = %s %q, %v; want a MISS with the holder's new row", r.v.Served.Outcome, gunzip(t, r.v), r.err)
+	}
+	if n := src.reads.Load(); n != 2 {
+		t.Errorf("source read %d times, want 2 (the first load and the holder's)", n)
+	}
+}

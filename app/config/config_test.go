@@ -109,6 +109,7 @@ func TestALeaseOutlivesNoLoad(t *testing.T) {
 			t.Setenv("DATABASE_URL", "postgres://app@db/app")
 			t.Setenv("REDIS_URL", "redis://cache:6379/0")
 			t.Setenv("DATABASE_TIMEOUT", "5s")
+			t.Setenv("API_TOKENS", token)
 			t.Setenv("CACHE_LEASE_TTL", tc.ttl)
 			_, err := config.Load()
 			if got := err == nil; got != tc.ok || (err != nil && !strings.Contains(err.Error(), "CACHE_LEASE_TTL:")) {

@@ -71,7 +71,7 @@ func TestPostgresDownServesTheCurrentCachedViewsStale(t *testing.T) {
 				{"an update", "PUT", itemA, `{"title":"during the outage"}`},
 			} {
 				r := e.send(t, tc.method, tc.path, tc.body)
-				if r.status != http.StatusServiceUnavailable || strings.Contains(string(r.body), "before") || r.header.Get("Cache-Control") != "" {
+				if r.status != http.StatusServiceUnavailable || strings.Contains(string(r.body), "before") || r.header.Get("Cache-Control") != "no-store" {
 					t.Errorf("%s (%s %s) with Postgres down: %d X-Cache=%q Cache-Control=%q %s, want 503 that no HTTP cache keeps",
 						tc.name, tc.method, tc.path, r.status, r.header.Get("X-Cache"), r.header.Get("Cache-Control"), r.body)
 				}
@@ -121,7 +121,7 @@ func TestReadsTellHTTPCachesWhatTheyMayReuse(t *testing.T) {
 		{"by default nothing is reused without asking", nil, map[string]string{
 			"/cache":          "max-age=0, stale-while-revalidate=0, stale-if-error=0",
 			"/samples/:id":    "no-cache",
-			"/samples/999999": "no-cache", // a 404, cacheable too
+			"/samples/999999": "no-store", // a 404: like every error, kept by no cache (hygiene.go)
 			"/sample":         "no-store",
 		}},
 		{"the list says what the operator chose; items and the uncached list do not change", []string{
