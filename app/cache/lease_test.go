@@ -205,16 +205,16 @@ func TestALeaseWaiterWaitsForTheHoldersValueNotTheExpiredOne(t *testing.T) {
 	// Two polls have read the expired value and the held lease: a waiter that took the expired
 	// value would have answered at the first.
 	testenv.Eventually(t, 30*time.Second, func() error {
+		select {
+		case r := <-waiting:
+			t.Fatalf("the waiter answered %s %q (expires %v) while the holder was still loading", r.v.Served.Outcome, gunzip(t, r.v), r.v.Expires)
+		default:
+		}
 		if n := b.LeasePolls(); n < 2 {
 			return fmt.Errorf("%d polls", n)
 		}
 		return nil
 	})
-	select {
-	case r := <-waiting:
-		t.Fatalf("the waiter answered %s %q (expires %v) while the holder was still loading", r.v.Served.Outcome, gunzip(t, r.v), r.v.Expires)
-	default:
-	}
 	close(held.released)
 	if r := <-holding; r.err != nil || gunzip(t, r.v) != "new" {
 		t.Errorf("the holder = %q, %v; want the new row", gunzip(t, r.v), r.err)
