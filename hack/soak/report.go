@@ -131,6 +131,9 @@ func (r *report) print(w io.Writer) {
 			fmt.Fprintf(w, "  calm storm on %s: %.0f loads; %s\n", procName(st.Proc), st.Loads, countsLine(st.Counts))
 		}
 	}
+	fmt.Fprintln(w, "  (a storm whose lookups all bypass Redis ran while the breaker was still open after a Redis fault, since")
+	fmt.Fprintln(w, "  CACHE_BREAKER_COOLDOWN outlasts the fault window, or while an invalidation was deferred: bypass loads are")
+	fmt.Fprintln(w, "  shared in rounds, not leased, one per round; a storm that looked in Redis costs one load per retirement)")
 	fmt.Fprintln(w, "  (one load per storm, plus one per retirement landing meanwhile: the second retirement of writes whose outcome was")
 	fmt.Fprintln(w, "  unknown, DATABASE_TIMEOUT + 1 s after them, and redelivered invalidations; a killed process restarts its count)")
 	fmt.Fprintf(w, "\nchecked %d operations with porcupine in %s, per sample, allowing the documented limits: writes whose\n", r.ops, r.checkTime.Round(time.Millisecond))
