@@ -153,6 +153,7 @@ type Cache struct {
 	leaseWaiting  metric.Int64UpDownCounter
 	waitsOnLeases atomic.Int64 // loads that waited on another process's lease (tests read it)
 	leasePolls    atomic.Int64 // polls of those waits (tests read it)
+	refreshesLeft atomic.Int64 // early refreshes that left the load to a lease holder (tests read it)
 
 	refreshing     sync.Map // value keys with an early refresh under way in this process
 	refreshMu      sync.Mutex
@@ -580,6 +581,7 @@ func (c *Cache) refresh(ctx context.Context, k Key, load Loader, expires time.Ti
 		switch {
 		case errors.Is(fl.err, errRefreshLeft):
 			// Another replica holds the generation's lease: it is loading, the fleet refreshes once.
+			c.refreshesLeft.Add(1)
 			span.SetAttributes(attribute.Bool("cache.refresh_done_elsewhere", true))
 			return
 		case started:

@@ -1,5 +1,10 @@
 package cache
 
+import (
+	"context"
+	"time"
+)
+
 // WaitingOnLoad reports how many reads of k wait on a shared load, so a test can tell that a
 // miss storm has gathered.
 func (c *Cache) WaitingOnLoad(k Key) int { return c.loads.waiters(c.valKey(k) + "@") }
@@ -53,4 +58,20 @@ func (c *Cache) NearCacheHeld() (bytes int64, plainCopies int) {
 		}
 	}
 	return bytes, plainCopies
+}
+
+// RefreshesLeft is how many early refreshes found the lease held and left the load to its holder.
+func (c *Cache) RefreshesLeft() int64 { return c.refreshesLeft.Load() }
+
+// HoldLease takes the lease of k's current generation as another process would, until release.
+func (c *Cache) HoldLease(ctx context.Context, k Key) (release func(), err error) {
+	gen, err := c.rdb.Get(ctx, c.genKey(k)).Result()
+	if err != nil {
+		return nil, err
+	}
+	lk := c.leaseKey(k, gen)
+	if err := c.rdb.Set(ctx, lk, "another process", time.Hour).Err(); err != nil {
+		return nil, err
+	}
+	return func() { c.rdb.Del(context.Background(), lk) }, nil
 }

@@ -226,3 +226,38 @@ func TestALeaseWaiterWaitsForTheHoldersValueNotTheExpiredOne(t *testing.T) {
 		t.Errorf("source read %d times, want 2 (the first load and the holder's)", n)
 	}
 }
+
+// TestAnEarlyRefreshLeavesTheLoadToTheLeaseHolder: a hit that decides to refresh early, finding
+// the generation's lease held (another process is loading it), neither loads nor waits: the fleet
+// refreshes a key once. Once the lease is free, the refresh loads.
+func TestAnEarlyRefreshLeavesTheLoadToTheLeaseHolder(t *testing.T) {
+	// A beta so large that every hit refreshes; a TTL long enough that every read is a hit.
+	caches := fleet(t, 1, "CACHE_TTL=1h", "CACHE_EARLY_REFRESH_BETA=1e12")
+	c := caches[0]
+	src := &source{value: "v"}
+	fetch(t, c, src.load)
+	release, err := c.HoldLease(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if got := fetch(t, c, src.load); got.Served.Outcome != view.Hit {
+			t.Fatalf("a read of a cached value: %s, want HIT", got.Served.Outcome)
+		}
+		if n := c.RefreshesLeft(); n < 3 {
+			return fmt.Errorf("%d refreshes left the load to the holder", n)
+		}
+		return nil
+	})
+	if n := src.reads.Load(); n != 1 {
+		t.Errorf("source read %d times while another process held the lease, want 1 (the first miss)", n)
+	}
+	release()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		fetch(t, c, src.load)
+		if n := src.reads.Load(); n < 2 {
+			return fmt.Errorf("no refresh has loaded since the lease was freed")
+		}
+		return nil
+	})
+}
