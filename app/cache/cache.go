@@ -7,6 +7,7 @@
 //	invalidate.go the write side: retiring generations after a write
 //	pending.go    invalidations Redis has not confirmed, and their redelivery
 //	nearcache.go  the optional in-process tier in front of Redis
+//	lease.go      leases that make a miss storm cost one load per fleet, not per process
 //
 // # Why generations
 //
@@ -31,9 +32,21 @@
 //
 // Concurrent reads of a key share rounds (rounds.go): a read joins only a round that has not
 // started, so it is never answered by work that began before it, and a storm of any size costs
-// two lookups and one load. Redis operations are bounded to what the client's connection pool
+// two lookups and one load; with leases on (lease.go), one load across every process that
+// shares the Redis. Redis operations are bounded to what the client's connection pool
 // holds, so no operation waits for a connection inside its own time budget: waiting behind this
 // process's own traffic is not Redis failing, and never counts against the circuit breaker.
+//
+// # Past the TTL
+//
+// A value whose generation is current reflects every write the cache knows about, whatever its
+// TTL says; the TTL only bounds how long a value may go unrefreshed. So values are kept in Redis
+// Options.StaleGrace past their TTL (the header records when it ends, see wire.go): a read then
+// misses, but if the reload fails because the source is unavailable, the value its own lookup
+// found under the current generation answers as Stale. A retired generation never answers, nor
+// does a key whose retirement this process has not had confirmed. And a key read steadily never
+// gets that far: hits refresh it in the background shortly before its TTL ends, with XFetch's
+// probability (maybeRefresh), through the same shared load as a miss of that generation.
 //
 // # Failing open
 //
@@ -49,6 +62,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"runtime"
 	"runtime/debug"
@@ -97,7 +111,22 @@ type Options struct {
 	NearCache         bool          // keep an in-process tier in front of Redis (needs Redis pub/sub)
 	NearCacheTTL      time.Duration // longest life of a near-cache entry
 	NearCacheMaxBytes int64         // memory bound of the near-cache
-	Logger            *slog.Logger
+	// StaleGrace keeps a found value in Redis this long past its TTL. Past its TTL it is a miss,
+	// but while its generation is current it is as fresh as the last write the cache knows
+	// about, so when the reload fails with an error StaleIfError accepts, it answers as Stale.
+	// Zero keeps nothing past the TTL.
+	StaleGrace   time.Duration
+	StaleIfError func(error) bool // which loader errors a stale value may answer; nil: none
+	// EarlyRefreshBeta is XFetch's beta: a hit refreshes its value in the background when
+	// -beta × (its load time) × ln(rand) reaches the time it has left, so a key read steadily is
+	// reloaded before it expires. Zero turns early refresh off; above 1 refreshes earlier.
+	EarlyRefreshBeta float64
+	Logger           *slog.Logger
+
+	// LeaseTTL, when above zero, makes a miss take a lease on its generation in Redis before it
+	// loads, so a miss storm costs one load per fleet, not per process (lease.go). It is how
+	// long a dead holder holds the others up; keep it at most LoadTimeout.
+	LeaseTTL time.Duration
 }
 
 // Cache is safe for concurrent use.
@@ -116,9 +145,20 @@ type Cache struct {
 	pending  *pending
 	near     *nearCache // nil when off
 
-	tracer   trace.Tracer
-	outcomes metric.Int64Counter
-	sourced  metric.Int64Counter
+	tracer        trace.Tracer
+	outcomes      metric.Int64Counter
+	sourced       metric.Int64Counter
+	refreshed     metric.Int64Counter
+	leases        metric.Int64Counter
+	leaseWaiting  metric.Int64UpDownCounter
+	waitsOnLeases atomic.Int64 // loads that waited on another process's lease (tests read it)
+	leasePolls    atomic.Int64 // polls of those waits (tests read it)
+	refreshesLeft atomic.Int64 // early refreshes that left the load to a lease holder (tests read it)
+
+	refreshing     sync.Map // value keys with an early refresh under way in this process
+	refreshMu      sync.Mutex
+	refreshesDone  sync.WaitGroup
+	refreshStopped bool // Close has begun: no new refresh starts
 
 	stopNear, stopRedelivery context.CancelFunc
 	nearDone, redeliveryDone chan struct{}
@@ -140,7 +180,8 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 		opts: o,
 		// A generation must outlive every value stored under it, or the value turns into a miss
 		// early. Losing one early is safe (see package doc), so this bound only saves work.
-		genTTL: 2 * max(time.Duration(float64(o.TTL)*(1+o.Jitter)), o.NegativeTTL),
+		// Values are kept StaleGrace past their TTL, and their generation with them.
+		genTTL: 2 * max(time.Duration(float64(o.TTL)*(1+o.Jitter))+o.StaleGrace, o.NegativeTTL),
 		// Two connections stay free for health pings and the invalidations of writes.
 		slots:   semaphore.NewWeighted(int64(max(1, poolSize(rdb)-2))),
 		pending: newPending(),
@@ -162,7 +203,10 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 	c.outcomes, _ = meter.Int64Counter("cacheside.cache.lookups",
 		metric.WithDescription("Cache lookups by outcome (hit, miss, bypass), keyspace and tier."))
 	c.sourced, _ = meter.Int64Counter("cacheside.cache.loads",
-		metric.WithDescription("Reads of the source of truth on a miss or bypass, by keyspace and result (found, not_found, error); one per shared load."))
+		metric.WithDescription("Reads of the source of truth on a miss, bypass or early refresh, by keyspace and result (found, not_found, error); one per shared load."))
+	c.refreshed, _ = meter.Int64Counter("cacheside.cache.early_refreshes",
+		metric.WithDescription("Values reloaded in the background before their TTL ended (XFetch), by keyspace."))
+	c.newLeaseMetrics(meter)
 	_, _ = meter.Int64ObservableGauge("cacheside.cache.breaker.state",
 		metric.WithDescription("Redis circuit breaker: 0 closed, 1 half-open, 2 open."),
 		metric.WithInt64Callback(func(_ context.Context, obs metric.Int64Observer) error {
@@ -218,6 +262,7 @@ func poolSize(rdb redis.UniversalClient) int {
 // The Redis client is the caller's to close, after.
 func (c *Cache) Close(ctx context.Context) {
 	c.closeOnce.Do(func() {
+		c.stopRefreshes()
 		defer func() { // on every path, the deadline's too
 			if c.stopNear != nil {
 				c.stopNear()
@@ -248,11 +293,14 @@ type served struct {
 	view.View
 	loadSpan trace.SpanContext // the load that produced a miss or bypass, linked from sharers' traces
 	bypass   string            // why Redis was not used
+	loadErr  error             // why a stale value answered
 }
 
 // Fetch serves k from the cache, or loads it with load and stores it. It returns
 // view.ErrNotFound (with the view saying how that was served) for an absence, the loader's error
-// or the caller's context's; Redis trouble never surfaces as an error, only as a Bypass.
+// or the caller's context's; Redis trouble never surfaces as an error, only as a Bypass. A load
+// that fails with an error Options.StaleIfError accepts is answered, if the lookup found a value
+// past its TTL under the current generation, with that value as Stale.
 func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (view.View, error) {
 	ctx, span := c.tracer.Start(ctx, "cache.get "+k.Space, trace.WithAttributes(
 		attribute.String("cache.key", c.valKey(Key{Space: k.Space, ID: "*"})),
@@ -274,6 +322,10 @@ func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (view.View, error
 	case view.Bypass:
 		span.AddEvent("cache.bypass", trace.WithAttributes(attribute.String("reason", s.bypass)))
 		span.SetStatus(codes.Error, "redis unavailable: served from source")
+	case view.Stale:
+		span.SetAttributes(attribute.Bool("cache.stale", true), attribute.Int64("cache.age_ms", time.Since(s.Stored).Milliseconds()))
+		span.AddEvent("cache.stale", trace.WithAttributes(attribute.String("reason", s.loadErr.Error())))
+		span.SetStatus(codes.Error, "source unavailable: served a stale value of the current generation")
 	case view.Miss:
 		span.SetAttributes(attribute.Bool("cache.shared_load", s.Served.Shared))
 	}
@@ -301,13 +353,26 @@ func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (view.View, error
 // the generation it saw, or, if Redis cannot be used, a shared load that bypasses it.
 func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (served, error) {
 	vk := c.valKey(k)
+	plain := view.WantsPlain(ctx)
 	if c.near != nil && !c.pending.has(k) {
 		if v, ok := c.near.get(vk); ok {
-			v.Served = view.Served{Outcome: view.Hit, Tier: view.Local}
-			return served{View: v}, nil
+			if now := time.Now(); now.Before(v.Expires) {
+				if plain {
+					v = c.near.withPlain(vk, v)
+				}
+				c.maybeRefresh(ctx, k, load, v, now)
+				v.Served = view.Served{Outcome: view.Hit, Tier: view.Local}
+				return served{View: v}, nil
+			}
 		}
 	}
-	r, joined := c.lookups.join(ctx, vk, func(ctx context.Context) looked { return c.look(ctx, k, load) })
+	// Reads for clients that do not take gzip look up the plain copy too, so they share rounds
+	// of their own.
+	round := vk
+	if plain {
+		round += " plain"
+	}
+	r, joined := c.lookups.join(ctx, round, func(ctx context.Context) looked { return c.look(ctx, k, load, plain) })
 	select {
 	case <-r.done:
 	case <-ctx.Done():
@@ -339,14 +404,40 @@ func (c *Cache) fetch(ctx context.Context, k Key, load Loader) (served, error) {
 	case <-ctx.Done():
 		return served{View: view.View{Served: view.Served{Outcome: view.Miss}}}, ctx.Err()
 	}
+	if errors.Is(fl.err, errRefreshLeft) {
+		// This miss joined an early refresh that left the load to another process's lease:
+		// look again, which loads or waits on that lease like any miss.
+		return c.fetch(ctx, k, load)
+	}
+	if fl.err != nil && r.res.stale != nil && c.staleMayAnswer(k, fl.err) {
+		s := served{View: *r.res.stale, loadErr: fl.err}
+		s.Served = view.Served{Outcome: view.Stale, Tier: view.Redis}
+		return s, nil
+	}
 	s := fl.res
-	s.Served.Shared = joined || !r.res.started
+	s.Served.Shared = s.Served.Shared || joined || !r.res.started
 	return s, fl.err
+}
+
+// staleMayAnswer reports whether a read of k whose load failed with err may be answered with the
+// value past its TTL that its own lookup found under the generation it saw current. That lookup
+// began after the read did, and the generation was current then, so the value reflects every
+// write that had returned before the read began: serving it keeps the promise a hit keeps. Not
+// when a retirement of k by this process is unconfirmed: the generation it saw may be one a
+// write here has retired in Postgres's eyes but not yet in Redis's.
+func (c *Cache) staleMayAnswer(k Key, err error) bool {
+	return c.opts.StaleGrace > 0 && c.opts.StaleIfError != nil && c.opts.StaleIfError(err) && !c.pending.has(k)
 }
 
 // look is one lookup round: the lookup in Redis, and on a miss the flight that loads the value
 // of the generation it saw. It runs detached from the requests waiting on it.
-func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
+//
+// A round for clients that do not take gzip (plain) also reads the view's plain copy. When a
+// gzip view has none, the round decompresses it once for all its members and stores the copy
+// under the generation it read, so the next such rounds fetch it instead of decompressing:
+// measured at 1,000 rows, fetching the 75 KB copy costs a Redis hit less than gunzipping its
+// 5 KB (see the commit that brought it). Views no such client reads never get a copy.
+func (c *Cache) look(ctx context.Context, k Key, load Loader, plain bool) looked {
 	if c.pending.has(k) {
 		return looked{bypass: errPending}
 	}
@@ -355,31 +446,168 @@ func (c *Cache) look(ctx context.Context, k Key, load Loader) looked {
 	if c.near != nil {
 		version = c.near.version(vk) // noted before Redis is asked: see nearCache.keep
 	}
-	gen, hit, err := c.lookup(ctx, k)
+	gen, cur, err := c.lookup(ctx, k, plain)
 	if err != nil {
 		return looked{bypass: err}
 	}
-	if hit != nil {
-		if c.near != nil {
-			c.near.keep(vk, version, *hit)
+	now := time.Now()
+	switch {
+	case cur != nil && now.Before(cur.Expires):
+		if plain && cur.Plain == nil && cur.Encoding == "gzip" {
+			if p, err := cur.JSON(); err == nil { // else the handler reports it
+				cur.Plain = p
+				c.putPlain(ctx, k, gen, *cur)
+			}
 		}
-		hit.Served = view.Served{Outcome: view.Hit, Tier: view.Redis}
-		return looked{hit: hit}
+		if c.near != nil {
+			c.near.keep(vk, version, *cur)
+		}
+		c.maybeRefresh(ctx, k, load, *cur, now)
+		cur.Served = view.Served{Outcome: view.Hit, Tier: view.Redis}
+		return looked{hit: cur}
+	case cur != nil && c.refreshingKey(vk):
+		// Its TTL ended while an early refresh, triggered before that, is under way: the value
+		// is current (its generation is), so it is served until the refresh lands, bounded by
+		// one lookup and the load timeout; waiting for a load here is what the refresh exists
+		// to spare. Not kept in the near-cache, whose entries must be within their TTL.
+		cur.Served = view.Served{Outcome: view.Hit, Tier: view.Redis}
+		return looked{hit: cur}
 	}
-	fl, started := c.loads.attach(ctx, vk+"@"+gen, func(ctx context.Context) (served, error) {
-		s, err := c.load(ctx, k, load)
+	fl, started := c.loadGeneration(ctx, k, gen, version, load, plain, false)
+	return looked{flight: fl, started: started, stale: cur}
+}
+
+// loadGeneration attaches to the load of k's generation gen, starting it if none is running:
+// the one place a value is loaded and stored, for misses and early refreshes alike. version is
+// the near-cache's version of k, noted before gen was read. The load runs once per fleet, under
+// the generation's lease (lease.go). plain says a client that does not take gzip starts it: its
+// plain copy is stored and kept too. refresh says an early refresh starts it, which loads only
+// if it takes the lease: a refresh that finds the lease held leaves the load to its holder.
+func (c *Cache) loadGeneration(ctx context.Context, k Key, gen string, version uint64, load Loader, plain, refresh bool) (*flight, bool) {
+	vk := c.valKey(k)
+	return c.loads.attach(ctx, vk+"@"+gen, func(ctx context.Context) (served, error) {
+		s, err := c.leased(ctx, k, gen, refresh, func(ctx context.Context, gen string) (served, error) {
+			began := time.Now()
+			s, err := c.load(ctx, k, load)
+			if err != nil {
+				return s, err
+			}
+			s.View = c.compress(s.View)
+			s.View.LoadTime = time.Since(began) // XFetch's delta: what making the value again costs
+			s.View = c.put(ctx, k, gen, s.View, plain)
+			return s, nil
+		})
 		if err != nil {
 			return served{View: view.View{Served: view.Served{Outcome: view.Miss}}}, err
 		}
-		s.View = c.compress(s.View)
-		c.put(ctx, k, gen, s.View)
 		if c.near != nil {
-			c.near.keep(vk, version, s.View)
+			kept := s.View
+			if !plain { // the plain copy is kept for the clients that read it, not for all
+				kept.Plain = nil
+			}
+			c.near.keep(vk, version, kept)
 		}
-		s.Served = view.Served{Outcome: view.Miss}
+		s.Served = view.Served{Outcome: view.Miss, Shared: s.Served.Shared}
 		return s, nil
 	})
-	return looked{flight: fl, started: started}
+}
+
+// maybeRefresh starts an early refresh of k, whose current value v was just served, with
+// XFetch's probability (Vattani, Chierichetti and Lowenstein, "Optimal Probabilistic Cache
+// Stampede Prevention", VLDB 2015): when -beta × delta × ln(rand) reaches the time v has left,
+// delta being how long v took to load. The closer the expiry and the slower the load, the likelier;
+// a key read steadily is thus reloaded before it expires, by about one read, and a key read
+// rarely is left to expire.
+func (c *Cache) maybeRefresh(ctx context.Context, k Key, load Loader, v view.View, now time.Time) {
+	beta := c.opts.EarlyRefreshBeta
+	if beta <= 0 || v.LoadTime <= 0 {
+		return
+	}
+	left := v.Expires.Sub(now)
+	if float64(left) > -beta*float64(v.LoadTime)*math.Log(1-rand.Float64()) { // 1-rand: in (0, 1]
+		return
+	}
+	c.refresh(ctx, k, load, v.Expires)
+}
+
+// refresh reloads k in the background, at most once at a time per key in this process, while
+// reads go on being served the current value. It is a miss in all but timing: it reads the
+// current generation first and stores under it, through the same shared load, so a write that
+// retires that generation meanwhile makes the refreshed value count for nothing, as it would a
+// miss's. A value that expires later than expires is already someone's refresh (another
+// replica's): nothing to do. The refresh runs in a trace of its own, linked to the read that
+// triggered it.
+func (c *Cache) refresh(ctx context.Context, k Key, load Loader, expires time.Time) {
+	if c.pending.has(k) {
+		return // reads of k bypass the cache until its retirement is confirmed
+	}
+	vk := c.valKey(k)
+	if _, busy := c.refreshing.LoadOrStore(vk, struct{}{}); busy {
+		return
+	}
+	c.refreshMu.Lock()
+	if c.refreshStopped {
+		c.refreshMu.Unlock()
+		c.refreshing.Delete(vk)
+		return
+	}
+	c.refreshesDone.Add(1)
+	c.refreshMu.Unlock()
+	trace.SpanFromContext(ctx).AddEvent("cache.early_refresh")
+	plain := view.WantsPlain(ctx) // a read that did not take gzip: its plain copy is refreshed too
+	link := trace.LinkFromContext(ctx, attribute.String("cache.link", "triggered the early refresh"))
+	go func() {
+		defer c.refreshesDone.Done()
+		defer c.refreshing.Delete(vk)
+		ctx, span := c.tracer.Start(context.Background(), "cache.refresh "+k.Space, trace.WithNewRoot(), trace.WithLinks(link),
+			trace.WithAttributes(attribute.String("cache.key", c.valKey(Key{Space: k.Space, ID: "*"}))))
+		defer span.End()
+		var version uint64
+		if c.near != nil {
+			version = c.near.version(vk)
+		}
+		gen, cur, err := c.lookup(ctx, k, false)
+		switch {
+		case err != nil:
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "redis unavailable: not refreshed")
+			return
+		case cur != nil && cur.Expires.After(expires):
+			span.SetAttributes(attribute.Bool("cache.refresh_done_elsewhere", true))
+			return
+		}
+		fl, started := c.loadGeneration(ctx, k, gen, version, load, plain, true)
+		<-fl.done
+		switch {
+		case errors.Is(fl.err, errRefreshLeft):
+			// Another replica holds the generation's lease: it is loading, the fleet refreshes once.
+			c.refreshesLeft.Add(1)
+			span.SetAttributes(attribute.Bool("cache.refresh_done_elsewhere", true))
+			return
+		case started:
+			c.refreshed.Add(ctx, 1, metric.WithAttributes(attribute.String("cache.keyspace", k.Space)))
+		}
+		if fl.err != nil {
+			span.RecordError(fl.err)
+			span.SetStatus(codes.Error, "load failed: the current value stays until its TTL")
+		}
+	}()
+}
+
+// refreshingKey reports whether an early refresh of the value key vk is under way in this
+// process, from the hit that triggered it until it has stored its value or given up.
+func (c *Cache) refreshingKey(vk string) bool {
+	_, ok := c.refreshing.Load(vk)
+	return ok
+}
+
+// stopRefreshes lets no new early refresh start and waits for those under way (each bounded by
+// the load timeout), so none uses Redis after Close.
+func (c *Cache) stopRefreshes() {
+	c.refreshMu.Lock()
+	c.refreshStopped = true
+	c.refreshMu.Unlock()
+	c.refreshesDone.Wait()
 }
 
 // bypass serves a read from the source without the cache, because of why.
@@ -406,11 +634,14 @@ func (c *Cache) load(ctx context.Context, k Key, loader Loader) (s served, err e
 		}
 		c.sourced.Add(ctx, 1, metric.WithAttributes(attribute.String("cache.keyspace", k.Space), attribute.String("result", result)))
 	}()
+	began := time.Now()
 	v, err := loader(ctx)
+	took := time.Since(began)
 	switch {
 	case errors.Is(err, view.ErrNotFound):
 		result = "not_found"
 		span.SetAttributes(attribute.Bool("cache.found", false))
+		s.LoadTime = took
 		return s, nil
 	case err != nil:
 		span.RecordError(err)
@@ -418,7 +649,7 @@ func (c *Cache) load(ctx context.Context, k Key, loader Loader) (s served, err e
 		return s, err
 	}
 	result = "found"
-	v.Found = true
+	v.Found, v.LoadTime = true, took
 	s.View = v
 	return s, nil
 }
@@ -430,17 +661,30 @@ var (
 	errSaturated   = errors.New("no Redis connection free within the timeout")
 )
 
-// lookup returns the current generation and, on a hit, the cached view. An error means Redis is
-// unusable for this read (the caller bypasses it).
-func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *view.View, err error) {
+// lookup returns the current generation and the view stored under it, if any, whether or not its
+// TTL has ended (see view.View.Expires), with its plain copy when plain asks for it and Redis
+// holds one. An error means Redis is unusable for this read (the caller bypasses it).
+func (c *Cache) lookup(ctx context.Context, k Key, plain bool) (gen string, hit *view.View, err error) {
 	err = c.call(ctx, func(ctx context.Context) error {
-		vals, err := c.rdb.MGet(ctx, c.genKey(k), c.valKey(k)).Result()
+		keys := []string{c.genKey(k), c.valKey(k)}
+		if plain {
+			keys = append(keys, c.plainKey(k))
+		}
+		vals, err := c.rdb.MGet(ctx, keys...).Result()
 		if err != nil {
 			return err
 		}
 		gen, _ = vals[0].(string)
 		stored, _ := vals[1].(string)
 		if v, ok := unpack(stored, gen); ok {
+			if plain && v.Encoding == "gzip" {
+				// The copy counts only next to a current view with the same ETag: it is a copy of
+				// that view, never a value of its own.
+				copied, _ := vals[2].(string)
+				if p, ok := unpack(copied, gen); ok && p.Found && p.Encoding == "" && p.ETag == v.ETag {
+					v.Plain = p.Body
+				}
+			}
 			hit = &v
 			return nil
 		}
@@ -463,17 +707,31 @@ func (c *Cache) lookup(ctx context.Context, k Key) (gen string, hit *view.View, 
 	return gen, hit, err
 }
 
-// put stores a loaded view under the generation it was loaded for. Best effort: a failure only
-// costs a later miss (and counts against the breaker).
-func (c *Cache) put(ctx context.Context, k Key, gen string, v view.View) {
-	ttl := c.opts.NegativeTTL
+// put stores a loaded view under the generation it was loaded for, and its plain copy when a
+// client that does not take gzip asked for it (plain), and returns it stamped with when it was
+// stored and when its TTL ends. A found value (and its copy) stays in Redis StaleGrace longer,
+// to answer as stale if the source fails; an absence does not (it costs nothing to lose, and a
+// scan of unknown ids would otherwise fill Redis for the grace period). Best effort: a failure
+// only costs a later miss (and counts against the breaker).
+func (c *Cache) put(ctx context.Context, k Key, gen string, v view.View, plain bool) view.View {
+	ttl, grace := c.opts.NegativeTTL, time.Duration(0)
 	if v.Found {
-		ttl = c.opts.TTL
+		ttl, grace = c.opts.TTL, c.opts.StaleGrace
 	}
+	ttl = c.jitter(ttl)
+	v.Stored = time.Now()
+	v.Expires = v.Stored.Add(ttl)
 	stored := pack(gen, v)
+	var copied []byte
+	if plain && v.Encoding == "gzip" && v.Plain != nil {
+		copied = pack(gen, plainCopy(v))
+	}
 	err := c.call(ctx, func(ctx context.Context) error {
 		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			p.Set(ctx, c.valKey(k), stored, c.jitter(ttl))
+			p.Set(ctx, c.valKey(k), stored, ttl+grace)
+			if copied != nil {
+				p.Set(ctx, c.plainKey(k), copied, ttl+grace)
+			}
 			p.Expire(ctx, c.genKey(k), c.genTTL)
 			return nil
 		})
@@ -482,12 +740,40 @@ func (c *Cache) put(ctx context.Context, k Key, gen string, v view.View) {
 	if err != nil {
 		c.opts.Logger.DebugContext(ctx, "cache store failed", "space", k.Space, "err", err)
 	}
+	return v
 }
 
-// compress gzips a loaded view's body once, when it is stored, if the cache is set to.
+// putPlain stores the plain copy of a gzip view found in Redis under the generation it was read
+// with. Like the view, it counts only while that generation is current and only next to a view
+// with the same ETag (lookup), and it carries the view's header (stored, expires, load time) and
+// lives in Redis exactly as long as the view (its TTL and StaleGrace from when it was stored), so
+// a copy is never served for another generation nor past what the view allows. Best effort, like
+// put.
+func (c *Cache) putPlain(ctx context.Context, k Key, gen string, v view.View) {
+	gone := v.Expires.Add(c.opts.StaleGrace)
+	if !time.Now().Before(gone) {
+		return
+	}
+	copied := pack(gen, plainCopy(v))
+	err := c.call(ctx, func(ctx context.Context) error {
+		return c.rdb.SetArgs(ctx, c.plainKey(k), copied, redis.SetArgs{ExpireAt: gone}).Err()
+	})
+	if err != nil {
+		c.opts.Logger.DebugContext(ctx, "cache store of a plain copy failed", "space", k.Space, "err", err)
+	}
+}
+
+// plainCopy is what the :p key stores for gzip view v: its plain body under v's header.
+func plainCopy(v view.View) view.View {
+	return view.View{Body: v.Plain, ETag: v.ETag, Found: true, Stored: v.Stored, Expires: v.Expires, LoadTime: v.LoadTime}
+}
+
+// compress gzips a loaded view's body once, when it is stored, if the cache is set to. The body
+// as loaded stays as the plain copy: the reads that share the load and do not take gzip are
+// answered with it.
 func (c *Cache) compress(v view.View) view.View {
 	if c.opts.Compress && v.Found {
-		v.Body, v.Encoding = gzipBytes(v.Body), "gzip"
+		v.Plain, v.Body, v.Encoding = v.Body, gzipBytes(v.Body), "gzip"
 	}
 	return v
 }

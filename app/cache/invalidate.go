@@ -169,7 +169,7 @@ func (c *Cache) setGenerations(ctx context.Context, rdb redis.Cmdable, keys []Ke
 	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, k := range keys {
 			p.Set(ctx, c.genKey(k), newToken(), c.genTTL)
-			p.Del(ctx, c.valKey(k)) // not needed for correctness; frees memory at once
+			p.Del(ctx, c.valKey(k), c.plainKey(k)) // not needed for correctness; frees memory at once
 		}
 		if c.opts.WaitReplicas > 0 {
 			// WAIT is not part of go-redis's Pipeliner interface; it blocks at most half the budget.

@@ -54,14 +54,45 @@ func newNearCache(prefix string, ttl time.Duration, maxBytes int64, log *slog.Lo
 	return &nearCache{
 		entries: otter.Must(&otter.Options[string, view.View]{
 			MaximumWeight:    uint64(maxBytes),
-			Weigher:          func(k string, v view.View) uint32 { return uint32(len(k) + len(v.Body) + len(v.ETag) + 64) },
-			ExpiryCalculator: otter.ExpiryWriting[string, view.View](ttl),
+			Weigher:          weigh,
+			ExpiryCalculator: nearExpiry{ttl},
 		}),
 		seed:    maphash.MakeSeed(),
 		channel: prefix + ":invalidations",
 		sender:  "@" + rand.Text(),
 		log:     log,
 	}
+}
+
+// weigh is the memory an entry holds, its plain copy included: the bound is of all of it.
+// Capacities, not lengths, because that is what stays allocated.
+func weigh(k string, v view.View) uint32 {
+	return uint32(len(k) + cap(v.Body) + cap(v.Plain) + len(v.ETag) + 64)
+}
+
+// nearExpiry lets an entry live TTL from when its value was stored. Adding a plain copy to an
+// entry (withPlain) keeps the value, so it does not extend its life: a value missed by an
+// invalidation message still lives at most TTL.
+type nearExpiry struct{ ttl time.Duration }
+
+func (e nearExpiry) ExpireAfterCreate(otter.Entry[string, view.View]) time.Duration { return e.ttl }
+
+func (e nearExpiry) ExpireAfterUpdate(en otter.Entry[string, view.View], old view.View) time.Duration {
+	if sameValue(en.Value, old) {
+		return en.ExpiresAfter()
+	}
+	return e.ttl
+}
+
+func (e nearExpiry) ExpireAfterRead(en otter.Entry[string, view.View]) time.Duration {
+	return en.ExpiresAfter()
+}
+
+// sameValue reports whether a and b hold the same stored body (the same bytes in memory, not
+// only equal ones).
+func sameValue(a, b view.View) bool {
+	return a.ETag == b.ETag && a.Encoding == b.Encoding && len(a.Body) == len(b.Body) &&
+		(len(a.Body) == 0 || &a.Body[0] == &b.Body[0])
 }
 
 // message is what is published to drop keys: the sender, then the keys. A process of an earlier
@@ -87,6 +118,29 @@ func (l *nearCache) get(key string) (view.View, bool) {
 		return view.View{}, false
 	}
 	return l.entries.GetIfPresent(key)
+}
+
+// withPlain returns v, which get returned for key, with its plain copy. When the entry has none,
+// it decompresses the body and adds the copy to the entry, if the entry still holds v: the
+// entry is then hot for clients that do not take gzip, and its weight (the bound) counts the
+// copy. A drop meanwhile removes the entry, so the copy never brings a dropped value back.
+func (l *nearCache) withPlain(key string, v view.View) view.View {
+	if v.Plain != nil || v.Encoding != "gzip" || !v.Found {
+		return v
+	}
+	p, err := v.JSON()
+	if err != nil {
+		return v // the handler decompresses it again and reports the error
+	}
+	v.Plain = p
+	l.entries.ComputeIfPresent(key, func(old view.View) (view.View, otter.ComputeOp) {
+		if !sameValue(old, v) || old.Plain != nil {
+			return old, otter.CancelOp
+		}
+		old.Plain = p
+		return old, otter.WriteOp
+	})
+	return v
 }
 
 // keep stores v unless key was dropped since version was noted.

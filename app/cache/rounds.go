@@ -49,11 +49,13 @@ type round[T any] struct {
 }
 
 // looked is a lookup round's answer: a hit, the flight that serves a miss (and whether this
-// round started it), or why Redis cannot be used.
+// round started it, and the value past its TTL the lookup found under the current generation,
+// which may answer if the load fails), or why Redis cannot be used.
 type looked struct {
 	hit     *view.View
 	flight  *flight
 	started bool
+	stale   *view.View
 	bypass  error
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/netip"
 	"net/url"
 	"reflect"
@@ -42,6 +43,10 @@ type Config struct {
 	APIAuthReads    bool   `envconfig:"API_AUTH_READS" default:"false" desc:"require a token for reads too (GET /sample, /cache, /samples/:id); probes never need one; /metrics is on the admin port"`
 	APIAuthDisabled bool   `envconfig:"API_AUTH_DISABLED" default:"false" desc:"local development only: serve writes without authentication (a warning is logged at every start)"`
 
+	HTTPCacheMaxAge               time.Duration `envconfig:"HTTP_CACHE_MAX_AGE" default:"0s" desc:"Cache-Control max-age of GET /cache (whole seconds): how long browsers and CDNs may reuse the list without asking; above 0 they may show it older than a write that has returned"`
+	HTTPCacheStaleWhileRevalidate time.Duration `envconfig:"HTTP_CACHE_STALE_WHILE_REVALIDATE" default:"0s" desc:"Cache-Control stale-while-revalidate of GET /cache (RFC 5861, whole seconds); above 0 an HTTP cache may answer with the list it holds while it revalidates"`
+	HTTPCacheStaleIfError         time.Duration `envconfig:"HTTP_CACHE_STALE_IF_ERROR" default:"0s" desc:"Cache-Control stale-if-error of GET /cache (RFC 5861, whole seconds); above 0 an HTTP cache may answer with the list it holds when the service fails, which may predate a write (the service itself never does)"`
+
 	DatabaseURL            string        `envconfig:"DATABASE_URL" required:"true" desc:"Postgres URL, postgres://user:pass@host:5432/db?sslmode=…"`
 	DatabaseMaxConns       int32         `envconfig:"DATABASE_MAX_CONNS" default:"10" desc:"largest Postgres pool size"`
 	DatabaseTimeout        time.Duration `envconfig:"DATABASE_TIMEOUT" default:"5s" desc:"deadline for one Postgres query, also set as the connections' statement_timeout (seeding and migrations lift it)"`
@@ -53,15 +58,20 @@ type Config struct {
 	RedisTimeout  time.Duration `envconfig:"REDIS_TIMEOUT" default:"250ms" desc:"deadline for one Redis command, dial included; past it the request is served from Postgres"`
 	RedisPoolSize int           `envconfig:"REDIS_POOL_SIZE" default:"0" desc:"Redis connections per node (0: go-redis default, 10 per CPU)"`
 
-	CacheTTL             time.Duration `envconfig:"CACHE_TTL" default:"300s" desc:"how long a cached view lives"`
-	CacheTTLJitter       float64       `envconfig:"CACHE_TTL_JITTER" default:"0.1" desc:"TTLs are stretched by a random fraction up to this, so keys written together expire apart"`
-	CacheNegativeTTL     time.Duration `envconfig:"CACHE_NEGATIVE_TTL" default:"30s" desc:"how long a missing item is remembered as missing"`
-	CacheKeyPrefix       string        `envconfig:"CACHE_KEY_PREFIX" default:"cacheside" desc:"prefix of every Redis key (lets services or tests share one Redis)"`
-	CacheBreakerFailures uint32        `envconfig:"CACHE_BREAKER_FAILURES" default:"3" desc:"consecutive Redis failures that make the service skip the cache"`
-	CacheBreakerCooldown time.Duration `envconfig:"CACHE_BREAKER_COOLDOWN" default:"5s" desc:"how long the cache is skipped before Redis is tried again"`
+	CacheTTL              time.Duration `envconfig:"CACHE_TTL" default:"300s" desc:"how long a cached view lives"`
+	CacheTTLJitter        float64       `envconfig:"CACHE_TTL_JITTER" default:"0.1" desc:"TTLs are stretched by a random fraction up to this, so keys written together expire apart"`
+	CacheNegativeTTL      time.Duration `envconfig:"CACHE_NEGATIVE_TTL" default:"30s" desc:"how long a missing item is remembered as missing"`
+	CacheKeyPrefix        string        `envconfig:"CACHE_KEY_PREFIX" default:"cacheside" desc:"prefix of every Redis key (lets services or tests share one Redis)"`
+	CacheBreakerFailures  uint32        `envconfig:"CACHE_BREAKER_FAILURES" default:"3" desc:"consecutive Redis failures that make the service skip the cache"`
+	CacheBreakerCooldown  time.Duration `envconfig:"CACHE_BREAKER_COOLDOWN" default:"5s" desc:"how long the cache is skipped before Redis is tried again"`
+	CacheStaleGrace       time.Duration `envconfig:"CACHE_STALE_GRACE" default:"1h" desc:"how long a cached view is kept in Redis past its TTL, to be served (X-Cache: STALE) when Postgres is unavailable and no write has retired it; 0: not kept"`
+	CacheEarlyRefreshBeta float64       `envconfig:"CACHE_EARLY_REFRESH_BETA" default:"1" desc:"early refresh (XFetch): a hit reloads its view in the background when -beta x load time x ln(rand) reaches the time it has left, so a view read steadily never expires into a miss; above 1 earlier, 0: off"`
 
 	CacheInvalidationTimeout  time.Duration `envconfig:"CACHE_INVALIDATION_TIMEOUT" default:"1s" desc:"how long a write keeps retrying to retire what it changed in Redis before it returns with that deferred (this replica then bypasses those keys and retries in the background); 0: one attempt"`
 	CacheInvalidationReplicas int           `envconfig:"CACHE_INVALIDATION_REPLICAS" default:"0" desc:"Redis replicas that must acknowledge an invalidation (WAIT) before it counts as delivered, so a failover cannot bring a retired generation back; 0: off"`
+
+	CacheLeases   bool          `envconfig:"CACHE_LEASES" default:"true" desc:"coalesce misses across replicas: before loading, a replica takes a short lease on the key's generation in Redis, and replicas that miss meanwhile wait for its value instead of querying Postgres"`
+	CacheLeaseTTL time.Duration `envconfig:"CACHE_LEASE_TTL" default:"0s" desc:"how long a lease lives, i.e. how long a replica that died while loading holds the others up before one takes over; at most DATABASE_TIMEOUT (0: DATABASE_TIMEOUT, which bounds every load)"`
 
 	CacheCompression   string        `envconfig:"CACHE_COMPRESSION" default:"gzip" desc:"how cached bodies are stored and sent to clients that accept it: gzip or none"`
 	CacheLocalEnabled  bool          `envconfig:"CACHE_LOCAL_ENABLED" default:"false" desc:"keep an in-process near-cache in front of Redis, invalidated across replicas through Redis pub/sub"`
@@ -236,6 +246,18 @@ func (c Config) validate(serving bool) []string {
 	positive("CACHE_NEGATIVE_TTL", c.CacheNegativeTTL)
 	positive("CACHE_BREAKER_COOLDOWN", c.CacheBreakerCooldown)
 	positive("CACHE_LOCAL_TTL", c.CacheLocalTTL)
+	notNegative := func(name string, d time.Duration) {
+		if d < 0 {
+			p = append(p, name+": must be 0 or a positive duration")
+		}
+	}
+	notNegative("CACHE_STALE_GRACE", c.CacheStaleGrace)
+	notNegative("HTTP_CACHE_MAX_AGE", c.HTTPCacheMaxAge)
+	notNegative("HTTP_CACHE_STALE_WHILE_REVALIDATE", c.HTTPCacheStaleWhileRevalidate)
+	notNegative("HTTP_CACHE_STALE_IF_ERROR", c.HTTPCacheStaleIfError)
+	if c.CacheEarlyRefreshBeta < 0 || math.IsNaN(c.CacheEarlyRefreshBeta) || math.IsInf(c.CacheEarlyRefreshBeta, 0) {
+		p = append(p, "CACHE_EARLY_REFRESH_BETA: must be 0 (off) or a positive number")
+	}
 	positive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout)
 	positive("REPLICATION_STATUS_INTERVAL", c.ReplicationStatusInterval)
 
@@ -319,6 +341,9 @@ func (c Config) validate(serving bool) []string {
 	}
 	if c.CacheInvalidationTimeout < 0 {
 		p = append(p, "CACHE_INVALIDATION_TIMEOUT: must be 0 or a positive duration")
+	}
+	if c.CacheLeaseTTL < 0 || c.CacheLeaseTTL > c.DatabaseTimeout || (c.CacheLeaseTTL > 0 && c.CacheLeaseTTL < time.Millisecond) {
+		p = append(p, "CACHE_LEASE_TTL: must be 0 (DATABASE_TIMEOUT) or from 1ms up to DATABASE_TIMEOUT")
 	}
 	if c.CacheInvalidationReplicas < 0 {
 		p = append(p, "CACHE_INVALIDATION_REPLICAS: must be 0 or more")

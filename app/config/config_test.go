@@ -31,11 +31,15 @@ func TestLoadReportsEveryBadVariableAtOnce(t *testing.T) {
 	t.Setenv("CACHE_TTL_JITTER", "2")
 	t.Setenv("SHUTDOWN_TIMEOUT", "-1s")
 	t.Setenv("LOG_FORMAT", "xml")
+	t.Setenv("CACHE_STALE_GRACE", "-1h")
+	t.Setenv("CACHE_EARLY_REFRESH_BETA", "-1")
+	t.Setenv("HTTP_CACHE_STALE_IF_ERROR", "-5s")
 	_, err := config.Load()
 	if err == nil {
 		t.Fatal("Load accepted bad configuration")
 	}
-	for _, name := range []string{"DATABASE_URL", "REDIS_URL", "CACHE_TTL", "CACHE_TTL_JITTER", "SHUTDOWN_TIMEOUT", "LOG_FORMAT"} {
+	for _, name := range []string{"DATABASE_URL", "REDIS_URL", "CACHE_TTL", "CACHE_TTL_JITTER", "SHUTDOWN_TIMEOUT", "LOG_FORMAT",
+		"CACHE_STALE_GRACE", "CACHE_EARLY_REFRESH_BETA", "HTTP_CACHE_STALE_IF_ERROR"} {
 		if !strings.Contains(err.Error(), name+":") {
 			t.Errorf("error does not name %s:\n%v", name, err)
 		}
@@ -90,6 +94,28 @@ func TestANearCacheNeedsRoom(t *testing.T) {
 	t.Setenv("CACHE_LOCAL_ENABLED", "false")
 	if _, err := config.Load(); err != nil {
 		t.Errorf("0 bytes with the near-cache off was refused: %v", err)
+	}
+}
+
+// TestALeaseOutlivesNoLoad: a lease longer than DATABASE_TIMEOUT would only hold the other
+// replicas up longer when its holder dies, since no load outlives DATABASE_TIMEOUT.
+func TestALeaseOutlivesNoLoad(t *testing.T) {
+	for _, tc := range []struct {
+		ttl string
+		ok  bool
+	}{{"0s", true}, {"1s", true}, {"5s", true}, {"6s", false}, {"-1s", false}, {"100us", false}} {
+		t.Run("CACHE_LEASE_TTL="+tc.ttl, func(t *testing.T) {
+			isolate(t)
+			t.Setenv("DATABASE_URL", "postgres://app@db/app")
+			t.Setenv("REDIS_URL", "redis://cache:6379/0")
+			t.Setenv("DATABASE_TIMEOUT", "5s")
+			t.Setenv("API_TOKENS", token)
+			t.Setenv("CACHE_LEASE_TTL", tc.ttl)
+			_, err := config.Load()
+			if got := err == nil; got != tc.ok || (err != nil && !strings.Contains(err.Error(), "CACHE_LEASE_TTL:")) {
+				t.Errorf("accepted = %v (%v), want %v", got, err, tc.ok)
+			}
+		})
 	}
 }
 

@@ -64,6 +64,13 @@ func BenchmarkList(b *testing.B) {
 			serve(b, near, "/cache", gzipClient, 200, "HIT")
 		}
 	})
+	b.Run("near-cache hit, identity client", func(b *testing.B) {
+		serve(b, near, "/cache", nil, 200, "HIT") // keeps the plain copy
+		b.ReportAllocs()
+		for b.Loop() {
+			serve(b, near, "/cache", nil, 200, "HIT")
+		}
+	})
 	b.Run("revalidation 304", func(b *testing.B) {
 		rec := httptest.NewRecorder()
 		near.router.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/cache", nil))

@@ -1,12 +1,8 @@
 package httpapi
 
 import (
-	"bytes"
-	"compress/gzip"
-	"io"
 	"strconv"
 	"strings"
-	"sync"
 )
 
 // acceptsGzip reads an Accept-Encoding header: gzip is acceptable when listed (or covered by *)
@@ -44,27 +40,4 @@ func matches(header, etag string) bool {
 		}
 	}
 	return false
-}
-
-var gzipReaders sync.Pool
-
-// gunzip serves the clients that do not accept gzip; it is the only decompression on the read path.
-func gunzip(b []byte) ([]byte, error) {
-	r, _ := gzipReaders.Get().(*gzip.Reader)
-	var err error
-	if r == nil {
-		r, err = gzip.NewReader(bytes.NewReader(b))
-	} else {
-		err = r.Reset(bytes.NewReader(b))
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer gzipReaders.Put(r)
-	var out bytes.Buffer
-	out.Grow(len(b) * 8)
-	if _, err := io.Copy(&out, r); err != nil {
-		return nil, err
-	}
-	return out.Bytes(), nil
 }

@@ -26,11 +26,12 @@ type handlers struct{ Deps }
 
 const jsonType = "application/json; charset=utf-8"
 
-// list is the same handler for /sample and /cache; only the store differs.
-func (h handlers) list(store Reader) func(*gin.Context) error {
+// list is the same handler for /sample and /cache; only the store and what HTTP caches are told
+// differ.
+func (h handlers) list(store Reader, cacheControl string) func(*gin.Context) error {
 	return func(c *gin.Context) error {
-		v, err := store.List(c.Request.Context())
-		return respond(c, v, err)
+		v, err := store.List(readContext(c))
+		return respond(c, v, cacheControl, err)
 	}
 }
 
@@ -39,26 +40,45 @@ func (h handlers) get(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	v, err := h.Cached.Get(c.Request.Context(), id)
-	return respond(c, v, err)
+	v, err := h.Cached.Get(readContext(c), id)
+	return respond(c, v, revalidate, err)
 }
 
-// respond sends a read. How the cache served it becomes the X-Cache headers (even for a 404). The
-// ETag is weak because it names the JSON, whichever encoding carries it; a client holding it
-// gets a 304 and no body. A gzip-stored body goes out as stored to clients that accept gzip,
-// and is decompressed for the others.
-func respond(c *gin.Context, v view.View, err error) error {
+// readContext is the context of a read: it tells the cache when the client does not take gzip,
+// so that a tier holding a plain copy answers with it instead of a body to decompress.
+func readContext(c *gin.Context) context.Context {
+	if acceptsGzip(c.GetHeader("Accept-Encoding")) {
+		return c.Request.Context()
+	}
+	return view.WantPlain(c.Request.Context())
+}
+
+// respond sends a read. How the cache served it becomes the X-Cache headers (even for a 404), and
+// a stale value's age the Age header. The ETag is weak because it names the JSON, whichever
+// encoding carries it; a client holding it gets a 304 and no body. A gzip-stored body goes out
+// as stored to clients that accept gzip; the others get the view's plain copy, or the body
+// decompressed when it has none.
+func respond(c *gin.Context, v view.View, cacheControl string, err error) error {
 	h := c.Writer.Header()
 	if v.Served.Outcome != "" {
 		h.Set("X-Cache", string(v.Served.Outcome))
 	}
+	if v.Served.Outcome == view.Stale {
+		h.Set("Age", strconv.FormatInt(max(0, int64(time.Since(v.Stored)/time.Second)), 10))
+	}
 	if v.Served.Tier != "" {
 		h.Set("X-Cache-Tier", string(v.Served.Tier))
+	}
+	if errors.Is(err, view.ErrNotFound) {
+		// A 404 is cacheable too; never an error of the service's own (an HTTP cache storing a
+		// 503 under the list's max-age would go on failing after the service recovered).
+		h.Set("Cache-Control", cacheControl)
 	}
 	if err != nil {
 		return err
 	}
 	etag := `W/"` + v.ETag + `"`
+	h.Set("Cache-Control", cacheControl)
 	h.Set("ETag", etag)
 	h.Set("Vary", "Accept-Encoding")
 	if matches(c.GetHeader("If-None-Match"), etag) {
@@ -69,7 +89,7 @@ func respond(c *gin.Context, v view.View, err error) error {
 	if v.Encoding == "gzip" {
 		if acceptsGzip(c.GetHeader("Accept-Encoding")) {
 			h.Set("Content-Encoding", "gzip")
-		} else if body, err = gunzip(body); err != nil {
+		} else if body, err = v.JSON(); err != nil {
 			return fmt.Errorf("decompressing a cached body: %w", err)
 		}
 	}

@@ -797,3 +797,94 @@ func TestTheNearCacheAnswersAndSaysSo(t *testing.T) {
 		t.Errorf("the writing replica served its near-cached list after the write")
 	}
 }
+
+// TestGzipAndIdentityClientsGetTheSameJSONOnEveryPath: whichever kind of client reads first (and
+// so which copies the tiers keep), every answer decodes to what /sample serves, with the same
+// ETag and Vary, on a miss, a Redis hit and a near-cache hit, for the list and an item; and a
+// write shows at once to both kinds.
+func TestGzipAndIdentityClientsGetTheSameJSONOnEveryPath(t *testing.T) {
+	gzipClient := map[string]string{"Accept-Encoding": "gzip"}
+	identity := map[string]string{}
+	for _, tc := range []struct {
+		name string
+		near bool
+	}{
+		{"redis tier alone", false},
+		{"redis and near-cache", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := start(t, setup{nearCache: tc.near})
+			s := e.create(t, "either way")
+			for _, path := range []string{"/cache", fmt.Sprintf("/samples/%d", s.ID)} {
+				for _, order := range [][]map[string]string{
+					{identity, gzipClient, identity, gzipClient, identity},
+					{gzipClient, identity, gzipClient, identity, identity},
+				} {
+					e.create(t, "retires the list") // each order starts with a miss of the list
+					if path != "/cache" {
+						if r := e.send(t, "PUT", path, `{"title":"retires the item"}`); r.status != 200 {
+							t.Fatalf("PUT %s: %d", path, r.status)
+						}
+					}
+					// The list's JSON is /sample's. An item has no uncached route: its JSON is
+					// what its miss (by the first client of the order) decodes to.
+					want := e.raw(t, "/sample", nil)
+					wantOutcomes := []string{"MISS "}
+					if path != "/cache" {
+						want = e.raw(t, path, order[0])
+						want.body = decode(t, want)
+						wantOutcomes = nil
+					}
+					var outcomes []string
+					for i, header := range order {
+						r := e.raw(t, path, header)
+						client := "identity"
+						if header["Accept-Encoding"] != "" {
+							client = "gzip"
+						}
+						wantEncoding := map[string]string{"identity": "", "gzip": "gzip"}[client]
+						if r.status != 200 || r.header.Get("Content-Encoding") != wantEncoding || r.header.Get("Vary") != "Accept-Encoding" ||
+							r.header.Get("ETag") != want.header.Get("ETag") {
+							t.Fatalf("%s read %d (%s): %d Content-Encoding %q Vary %q ETag %q; want 200, %q, Accept-Encoding, %q",
+								path, i, client, r.status, r.header.Get("Content-Encoding"), r.header.Get("Vary"), r.header.Get("ETag"), wantEncoding, want.header.Get("ETag"))
+						}
+						if body := decode(t, r); !bytes.Equal(body, want.body) {
+							t.Fatalf("%s read %d (%s): %d bytes of JSON differ from the %d expected", path, i, client, len(body), len(want.body))
+						}
+						if again := e.raw(t, path, map[string]string{"If-None-Match": r.header.Get("ETag"), "Accept-Encoding": header["Accept-Encoding"]}); again.status != http.StatusNotModified || len(again.body) != 0 {
+							t.Errorf("%s (%s) revalidation: %d with %d bytes, want 304 without a body", path, client, again.status, len(again.body))
+						}
+						outcomes = append(outcomes, r.header.Get("X-Cache")+" "+r.header.Get("X-Cache-Tier"))
+					}
+					tier := "HIT redis"
+					if tc.near {
+						tier = "HIT local"
+					}
+					for len(wantOutcomes) < len(order) {
+						wantOutcomes = append(wantOutcomes, tier)
+					}
+					if diff := cmp.Diff(wantOutcomes, outcomes); diff != "" {
+						t.Errorf("%s X-Cache and X-Cache-Tier (-want +got):\n%s", path, diff)
+					}
+				}
+			}
+		})
+	}
+}
+
+// decode is the JSON r carries, whatever its encoding.
+func decode(t *testing.T, r response) []byte {
+	t.Helper()
+	if r.header.Get("Content-Encoding") != "gzip" {
+		return r.body
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(r.body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

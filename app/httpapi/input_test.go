@@ -298,7 +298,7 @@ func TestResponsesCarryTheHeadersAJSONAPIShould(t *testing.T) {
 	}{
 		{"a list read", "GET", "/cache", "", "", 200, false},
 		{"an item read", "GET", item, "", "", 200, false},
-		{"a direct read", "GET", "/sample", "", "", 200, false},
+		{"a direct read", "GET", "/sample", "", "", 200, true}, // the uncached baseline: no-store by design (caching.go)
 		{"a probe", "GET", "/healthz", "", "", 200, false},
 		{"a create", "POST", "/samples", "application/json", `{"title":"new"}`, 201, true},
 		{"an update", "PUT", item, "application/json", `{"title":"renamed"}`, 200, true},

@@ -65,6 +65,8 @@ type Deps struct {
 	Limiter *ratelimit.Limiter
 	// Auth says which requests need a bearer token (auth.go); the zero value refuses every write.
 	Auth Auth
+	// ListCaching is what GET /cache tells HTTP caches in front (see cacheControl).
+	ListCaching Caching
 }
 
 // untraced routes are probes: frequent, uninteresting, and they would dominate sampling. They
@@ -107,8 +109,8 @@ func NewRouter(d Deps) *gin.Engine {
 	}
 	read("/healthz", h.healthz)
 	read("/readyz", h.readyz)
-	read("/sample", handle(h.list(d.Direct)))
-	read("/cache", handle(h.list(d.Cached)))
+	read("/sample", handle(h.list(d.Direct, noStore)))
+	read("/cache", handle(h.list(d.Cached, d.ListCaching.header())))
 	read("/samples/:id", handle(h.get))
 	r.POST("/samples", handle(h.create))
 	r.PUT("/samples/:id", handle(h.update))

@@ -165,8 +165,26 @@ func CacheOptions(cfg config.Config, log *slog.Logger) cache.Options {
 		NearCache:           cfg.CacheLocalEnabled,
 		NearCacheTTL:        cfg.CacheLocalTTL,
 		NearCacheMaxBytes:   cfg.CacheLocalMaxBytes,
-		Logger:              log,
+		StaleGrace:          cfg.CacheStaleGrace,
+		// Only Postgres being unreachable (the 503 path): a query Postgres refused, a bug or the
+		// client hanging up must not be papered over with an older value.
+		StaleIfError:     func(err error) bool { return errors.Is(err, samples.ErrUnavailable) },
+		EarlyRefreshBeta: cfg.CacheEarlyRefreshBeta,
+		LeaseTTL:         leaseTTL(cfg),
+		Logger:           log,
 	}
+}
+
+// leaseTTL is how long a miss's lease lives: DATABASE_TIMEOUT unless set shorter, since no load
+// outlives it (zero: leases off).
+func leaseTTL(cfg config.Config) time.Duration {
+	switch {
+	case !cfg.CacheLeases:
+		return 0
+	case cfg.CacheLeaseTTL > 0:
+		return cfg.CacheLeaseTTL
+	}
+	return cfg.DatabaseTimeout
 }
 
 // Handler is the HTTP API clients reach.
@@ -183,6 +201,11 @@ func (s *Service) Handler() http.Handler {
 		TrustedProxies: s.Config.HTTPTrustedProxies,
 		MaxInFlight:    s.Config.HTTPMaxInFlight,
 		Limiter:        s.rateLimiter(),
+		ListCaching: httpapi.Caching{
+			MaxAge:               s.Config.HTTPCacheMaxAge,
+			StaleWhileRevalidate: s.Config.HTTPCacheStaleWhileRevalidate,
+			StaleIfError:         s.Config.HTTPCacheStaleIfError,
+		},
 	})
 }
 

@@ -30,7 +30,7 @@ func measure(ctx context.Context, o options, t target, rows, conns int) (results
 		IdleConnTimeout:     time.Minute,
 	}
 	defer tr.CloseIdleConnections()
-	header := requestHeader(o.acceptEncoding)
+	header := requestHeader(t.client.acceptEncoding)
 
 	if o.warmup > 0 {
 		if _, err := attack(ctx, tr, o, t.url, header, conns, o.warmup); err != nil {
@@ -47,7 +47,7 @@ func measure(ctx context.Context, o options, t target, rows, conns int) (results
 		return results.Measurement{}, fmt.Errorf("measuring %s: %w", t.name, err)
 	}
 	m := results.Measurement{
-		Rows: rows, Conns: conns, Target: t.name, Kind: t.kind,
+		Rows: rows, Conns: conns, Target: t.name, Kind: t.kind, Client: t.client.name,
 		Requests:   tl.metrics.Requests,
 		Errors:     tl.errors,
 		Throughput: tl.metrics.Throughput,

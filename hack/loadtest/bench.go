@@ -86,55 +86,70 @@ func (b *bench) stopCeiling() {
 
 // target is one thing measured in every cell.
 type target struct {
-	name string
-	kind results.Kind
-	url  string
-	svc  *service // nil for the ceiling
+	name   string
+	kind   results.Kind
+	url    string
+	svc    *service // nil for the ceiling
+	client client
 	// beforeMeasuring runs between the warm-up and the measurement; nil: nothing does.
 	beforeMeasuring func() error
 }
 
-// runAll measures every table size; within a size, the targets of one cell run back to back, so
-// a noisy neighbour slowing the machine for a while hits them alike. With -repeat N each cell is
+// runAll measures every table size; within a size, the targets of one cell (a number of
+// connections and a kind of client) run back to back, so a noisy neighbour slowing the machine
+// for a while hits them alike. With -repeat N each cell is
 // measured in N rounds, the order of the targets rotating from round to round, and each target
 // keeps the round with its median req/s.
 func (b *bench) runAll(ctx context.Context) ([]results.Measurement, error) {
 	var measured []results.Measurement
-	done, total := 0, len(b.o.rows)*len(b.o.conns)*(2+len(b.services))*b.o.repeat
+	done, total := 0, len(b.o.rows)*len(b.o.conns)*len(b.o.clients)*(2+len(b.services))*b.o.repeat
 	for _, n := range b.o.rows {
 		ceilingURL, err := b.prepare(ctx, n)
 		if err != nil {
 			return measured, fmt.Errorf("preparing %d rows: %w", n, err)
 		}
-		targets := []target{{name: "ceiling", kind: results.Ceiling, url: ceilingURL + "/cache"}}
-		targets = append(targets, target{name: "/sample", kind: results.Direct, url: b.services[0].url + "/sample", svc: b.services[0]})
-		for _, s := range b.services {
-			targets = append(targets, target{name: "/cache " + s.tier.name, kind: results.Cached, url: s.url + "/cache", svc: s})
-		}
 		for _, c := range b.o.conns {
-			rounds := make([][]results.Measurement, len(targets))
-			for r := range b.o.repeat {
-				for k := range targets {
-					i := (k + r) % len(targets)
-					t := targets[i]
-					if err := b.alive(t); err != nil {
-						return measured, err
-					}
-					m, err := measure(ctx, b.o, t, n, c)
-					if err != nil {
-						return measured, err
-					}
-					rounds[i] = append(rounds[i], m)
-					done++
-					fmt.Fprintf(b.stderr, "[%d/%d] %6s rows %3d conns %-20s %8.0f req/s  p99 %-9s errors %d\n",
-						done, total, strconv.Itoa(n), c, t.name, m.Throughput, results.Latency(m.P99), m.Errors)
+			for _, cl := range b.o.clients {
+				ms, err := b.cell(ctx, ceilingURL, n, c, cl, &done, total)
+				measured = append(measured, ms...)
+				if err != nil {
+					return measured, err
 				}
-			}
-			for _, ms := range rounds {
-				measured = append(measured, results.Median(ms))
 			}
 		}
 		b.stopCeiling()
+	}
+	return measured, nil
+}
+
+// cell measures every target at n rows, c connections, as client cl.
+func (b *bench) cell(ctx context.Context, ceilingURL string, n, c int, cl client, done *int, total int) ([]results.Measurement, error) {
+	targets := []target{{name: "ceiling", kind: results.Ceiling, url: ceilingURL + "/cache", client: cl}}
+	targets = append(targets, target{name: "/sample", kind: results.Direct, url: b.services[0].url + "/sample", svc: b.services[0], client: cl})
+	for _, s := range b.services {
+		targets = append(targets, target{name: "/cache " + s.tier.name, kind: results.Cached, url: s.url + "/cache", svc: s, client: cl})
+	}
+	rounds := make([][]results.Measurement, len(targets))
+	for r := range b.o.repeat {
+		for k := range targets {
+			i := (k + r) % len(targets)
+			t := targets[i]
+			if err := b.alive(t); err != nil {
+				return nil, err
+			}
+			m, err := measure(ctx, b.o, t, n, c)
+			if err != nil {
+				return nil, err
+			}
+			rounds[i] = append(rounds[i], m)
+			*done++
+			fmt.Fprintf(b.stderr, "[%d/%d] %6s rows %3d conns %-8s %-20s %8.0f req/s  p99 %-9s errors %d\n",
+				*done, total, strconv.Itoa(n), c, cl.name, t.name, m.Throughput, results.Latency(m.P99), m.Errors)
+		}
+	}
+	var measured []results.Measurement
+	for _, ms := range rounds {
+		measured = append(measured, results.Median(ms))
 	}
 	return measured, nil
 }
@@ -150,32 +165,35 @@ func (b *bench) alive(t target) error {
 }
 
 // prepare reseeds the table to n rows, fills every tier's cache and checks that it serves the
-// new rows, then starts the ceiling with the bytes /cache served. It returns the ceiling's URL.
+// new rows to every kind of client, then starts the ceiling with the bytes /cache served to
+// each. It returns the ceiling's URL.
 func (b *bench) prepare(ctx context.Context, n int) (string, error) {
 	fmt.Fprintf(b.stderr, "reseeding %d rows\n", n)
 	if err := b.reseed(ctx, n); err != nil {
 		return "", err
 	}
-	header := requestHeader(b.o.acceptEncoding)
-	direct, err := b.get(ctx, b.services[0].url+"/sample", header)
-	if err != nil {
-		return "", err
-	}
-	want, err := decoded(direct)
-	if err != nil {
-		return "", fmt.Errorf("GET /sample: %w", err)
-	}
-	var recorded response
-	for i, s := range b.services {
-		r, err := b.filled(ctx, s, header, want)
+	recorded := map[string]response{}
+	for _, cl := range b.o.clients {
+		header := requestHeader(cl.acceptEncoding)
+		direct, err := b.get(ctx, b.services[0].url+"/sample", header)
 		if err != nil {
 			return "", err
 		}
-		if i == 0 {
-			recorded = r
+		want, err := decoded(direct)
+		if err != nil {
+			return "", fmt.Errorf("GET /sample: %w", err)
+		}
+		for i, s := range b.services {
+			r, err := b.filled(ctx, s, header, want)
+			if err != nil {
+				return "", fmt.Errorf("%s client: %w", cl.name, err)
+			}
+			if i == 0 {
+				recorded[cl.name] = r
+			}
 		}
 	}
-	return b.startCeiling(ctx, n, recorded, header)
+	return b.startCeiling(ctx, n, recorded)
 }
 
 // reseed replaces the table through the first instance's configuration, then retires the
@@ -233,17 +251,26 @@ func (b *bench) filled(ctx context.Context, s *service, header http.Header, want
 	}
 }
 
-// startCeiling starts the ceiling with the answer /cache gave, then checks that it gives the
-// same answer: same status, body, framing and headers (Date aside). Anything else would make
-// the comparison unfair, in either direction.
-func (b *bench) startCeiling(ctx context.Context, n int, rec response, header http.Header) (string, error) {
+// startCeiling starts the ceiling with the answers /cache gave each kind of client, then checks
+// that it gives each the same answer: same status, body, framing and headers (Date aside).
+// Anything else would make the comparison unfair, in either direction. The ceiling holds the
+// gzip bytes and the plain ones side by side, as the fastest cache could: it decompresses
+// nothing.
+func (b *bench) startCeiling(ctx context.Context, n int, recorded map[string]response) (string, error) {
 	b.stopCeiling()
-	spec := ceilingSpec{
-		Body:     rec.body,
-		Encoding: rec.header.Get("Content-Encoding"),
-		ETag:     strings.Trim(strings.TrimPrefix(rec.header.Get("ETag"), "W/"), `"`),
-		Cache:    rec.header.Get("X-Cache"),
-		Tier:     rec.header.Get("X-Cache-Tier"),
+	var spec ceilingSpec
+	for _, rec := range recorded {
+		switch enc := rec.header.Get("Content-Encoding"); {
+		case enc == "":
+			spec.Plain = rec.body
+		case spec.Encoding == "":
+			spec.Body, spec.Encoding = rec.body, enc
+		}
+		spec.ETag = strings.Trim(strings.TrimPrefix(rec.header.Get("ETag"), "W/"), `"`)
+		spec.Cache, spec.Tier = rec.header.Get("X-Cache"), rec.header.Get("X-Cache-Tier")
+	}
+	if spec.Body == nil { // every client was answered plain JSON (CACHE_COMPRESSION=none)
+		spec.Body, spec.Plain = spec.Plain, nil
 	}
 	path := filepath.Join(b.tmp, fmt.Sprintf("ceiling-%d.json", n))
 	c, url, err := startCeiling(ctx, path, spec, b.services[0].env, b.stderr)
@@ -251,12 +278,14 @@ func (b *bench) startCeiling(ctx context.Context, n int, rec response, header ht
 		return "", err
 	}
 	b.ceiling = c
-	got, err := b.get(ctx, url+"/cache", header)
-	if err != nil {
-		return "", fmt.Errorf("the ceiling: %w", err)
-	}
-	if diff := rec.diff(got); diff != "" {
-		return "", fmt.Errorf("the ceiling does not answer as /cache does (%s); the ceiling in hack/loadtest needs to follow the change", diff)
+	for _, cl := range b.o.clients {
+		got, err := b.get(ctx, url+"/cache", requestHeader(cl.acceptEncoding))
+		if err != nil {
+			return "", fmt.Errorf("the ceiling: %w", err)
+		}
+		if diff := recorded[cl.name].diff(got); diff != "" {
+			return "", fmt.Errorf("the ceiling does not answer a %s client as /cache does (%s); the ceiling in hack/loadtest needs to follow the change", cl.name, diff)
+		}
 	}
 	return url, nil
 }

@@ -26,6 +26,7 @@ type ceilingSpec struct {
 	Addr     string `json:"addr"`
 	Body     []byte `json:"body"`
 	Encoding string `json:"encoding"`
+	Plain    []byte `json:"plain,omitempty"` // the JSON as it is, next to a gzip Body
 	ETag     string `json:"etag"`
 	Cache    string `json:"cache"`
 	Tier     string `json:"tier"`
@@ -63,7 +64,7 @@ func serveCeiling(ctx context.Context, specPath string, stderr io.Writer) error 
 		_ = tel.Shutdown(sctx)
 	}()
 
-	store := fixedStore{view: view.View{Body: spec.Body, Encoding: spec.Encoding, ETag: spec.ETag, Found: true,
+	store := fixedStore{view: view.View{Body: spec.Body, Encoding: spec.Encoding, Plain: spec.Plain, ETag: spec.ETag, Found: true,
 		Served: view.Served{Outcome: view.Outcome(spec.Cache), Tier: view.Tier(spec.Tier)}}}
 	router := httpapi.NewRouter(httpapi.Deps{
 		Log:          log,

@@ -16,10 +16,15 @@ import (
 
 // machineFacts is the report's header: enough to tell whether another run is comparable.
 func machineFacts(o options, began time.Time) []results.Fact {
-	enc := "`Accept-Encoding: " + o.acceptEncoding + "`"
-	if o.acceptEncoding == "" {
-		enc = "no `Accept-Encoding` (identity)"
+	var kinds []string
+	for _, c := range o.clients {
+		if c.acceptEncoding == "" {
+			kinds = append(kinds, "identity clients (no `Accept-Encoding`)")
+		} else {
+			kinds = append(kinds, c.name+" clients (`Accept-Encoding: "+c.acceptEncoding+"`)")
+		}
 	}
+	enc := strings.Join(kinds, " and ")
 	services := results.Fact{Name: "Services", Value: "one cacheside per cache tier (`CACHE_LOCAL_ENABLED=false` for redis, `true` for redis+local), each with its own `CACHE_KEY_PREFIX`, `LOG_LEVEL=warn`, `REPLICATION_ENABLED=false` (the replication section measures the consumer), on loopback; the table reseeded with `cacheside seed -replace -n ROWS` before each table size"}
 	if o.replOnly {
 		services.Value = "the replication section's only: see there"

@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -98,26 +99,43 @@ var knownTiers = map[string]tier{
 	"redis+local": {name: "redis+local", local: true},
 }
 
+// client is a kind of client the load is sent as: what it says in Accept-Encoding.
+type client struct {
+	name           string
+	acceptEncoding string // "" sends none
+}
+
+var knownClients = map[string]client{
+	"gzip":     {name: "gzip", acceptEncoding: "gzip"},
+	"identity": {name: "identity", acceptEncoding: ""},
+}
+
 type options struct {
-	bin            string
-	rows           []int
-	conns          []int
-	tiers          []tier
-	duration       time.Duration
-	repeat         int
-	warmup         time.Duration
-	timeout        time.Duration
-	acceptEncoding string
-	out            string
-	command        string
-	root           string // the repository's checkout
-	ceilingSpec    string // set only in the ceiling's own process
+	bin         string
+	rows        []int
+	conns       []int
+	tiers       []tier
+	duration    time.Duration
+	repeat      int
+	warmup      time.Duration
+	timeout     time.Duration
+	clients     []client // the first also drives the replication section
+	out         string
+	command     string
+	root        string // the repository's checkout
+	ceilingSpec string // set only in the ceiling's own process
 
 	// The replication section.
 	replWrites float64 // UPDATEs/s of the writer outside the API; 0: no section
 	replRows   int
 	replConns  int
 	replOnly   bool // the section alone, without the table
+
+	// The hot-key section (hotkey.go), run alone when hotTTL is set.
+	hotTTL      time.Duration
+	hotDuration time.Duration
+	hotRows     int
+	hotConns    int
 }
 
 // ceilingFlag re-executes this binary as the ceiling server. It is left out of -help: users
@@ -135,12 +153,16 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	repeat := fs.Int("repeat", 1, "rounds per cell, the targets' order rotating; each target's row is its round with the median req/s (for noisy machines)")
 	warmup := fs.Duration("warmup", time.Second, "load sent to each target before each measurement and not counted")
 	timeout := fs.Duration("timeout", 10*time.Second, "per-request timeout")
-	enc := fs.String("accept-encoding", "gzip", `Accept-Encoding header sent with every request ("" sends none, so the service answers identity)`)
+	clients := fs.String("clients", "gzip,identity", "comma-separated kinds of client, each measured against a ceiling of its own: gzip (Accept-Encoding: gzip, as browsers send), identity (no Accept-Encoding, as curl, wrk and the tutorial's loadtest send)")
 	out := fs.String("out", "hack/loadtest/report", "directory for report.md and report.png")
 	replWrites := fs.Float64("replication-writes", 50, "UPDATEs per second a writer outside the API commits in the replication section, which measures /cache with the service's replication consumer on and off; 0 leaves the section out")
 	replRows := fs.Int("replication-rows", 1000, "table size of the replication section")
 	replConns := fs.Int("replication-c", 32, "connections of the replication section")
 	replOnly := fs.Bool("replication-only", false, "measure the replication section alone, without the table (the report is written all the same: see -out)")
+	hotTTL := fs.Duration("hot-key-ttl", 0, "run only the hot-key section: /cache read steadily across expiries of this CACHE_TTL (e.g. 2s), with early refresh on and off; prints misses after warm-up and p99 across reloads against between them")
+	hotDuration := fs.Duration("hot-key-d", 30*time.Second, "length of each hot-key measurement")
+	hotRows := fs.Int("hot-key-rows", 1000, "table size of the hot-key section")
+	hotConns := fs.Int("hot-key-c", 8, "connections of the hot-key section")
 	command := fs.String("command", "", `command line recorded in report.md (default: make loadtest ARGS="…" with this run's flags)`)
 	spec := fs.String(ceilingFlag, "", "")
 	fs.Usage = func() {
@@ -166,8 +188,9 @@ DATABASE_URL or REDIS_URL names one to use. Relative paths are the repository ro
 	}
 	o := options{
 		bin: *bin, duration: *duration, repeat: *repeat, warmup: *warmup, timeout: *timeout,
-		acceptEncoding: *enc, out: *out, command: *command, ceilingSpec: *spec,
+		out: *out, command: *command, ceilingSpec: *spec,
 		replWrites: *replWrites, replRows: *replRows, replConns: *replConns, replOnly: *replOnly,
+		hotTTL: *hotTTL, hotDuration: *hotDuration, hotRows: *hotRows, hotConns: *hotConns,
 	}
 	if o.ceilingSpec != "" {
 		return o, nil
@@ -186,11 +209,21 @@ DATABASE_URL or REDIS_URL names one to use. Relative paths are the repository ro
 		}
 		o.tiers = append(o.tiers, t)
 	}
+	for name := range strings.SplitSeq(*clients, ",") {
+		c, ok := knownClients[strings.TrimSpace(name)]
+		if !ok {
+			return o, fmt.Errorf("-clients: unknown client %q (known: gzip, identity)", name)
+		}
+		o.clients = append(o.clients, c)
+	}
 	if o.duration <= 0 || o.warmup < 0 || o.timeout <= 0 || o.repeat < 1 {
 		return o, errors.New("-d, -timeout and -repeat must be positive, -warmup not negative")
 	}
 	if o.replWrites < 0 || math.IsNaN(o.replWrites) || math.IsInf(o.replWrites, 0) || o.replRows < 1 || o.replConns < 1 {
 		return o, errors.New("-replication-rows and -replication-c must be positive, -replication-writes a rate of 0 or more")
+	}
+	if o.hotTTL < 0 || o.hotDuration <= 0 || o.hotRows < 1 || o.hotConns < 1 {
+		return o, errors.New("-hot-key-ttl must not be negative; -hot-key-d, -hot-key-rows and -hot-key-c must be positive")
 	}
 	if o.replOnly && o.replWrites == 0 {
 		return o, errors.New("-replication-only measures nothing with -replication-writes 0")
@@ -235,12 +268,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 	}()
 
+	if o.hotTTL > 0 {
+		return measureHotKey(ctx, o, stdout, stderr)
+	}
 	began := time.Now()
 	facts := machineFacts(o, began)
 
 	var measured []results.Measurement
 	var notes []string
 	fmt.Fprintln(stderr, "the services run with RATE_LIMIT_ENABLED=false: one loopback client this fast is what the per-client limits refuse; HTTP_MAX_IN_FLIGHT stays at its default")
+	var verdicts []results.Verdict
 	if !o.replOnly {
 		b, err := newBench(ctx, o, stderr)
 		if err != nil {
@@ -248,9 +285,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 		defer b.close()
 
-		cells := len(o.rows) * len(o.conns) * (2 + len(b.services)) * o.repeat
-		fmt.Fprintf(stderr, "measuring %d targets × %d table sizes × %d connection counts × %d rounds: %d measurements of %s after %s of warm-up, about %s\n",
-			2+len(b.services), len(o.rows), len(o.conns), o.repeat, cells, o.duration, o.warmup,
+		cells := len(o.rows) * len(o.conns) * len(o.clients) * (2 + len(b.services)) * o.repeat
+		fmt.Fprintf(stderr, "measuring %d targets × %d table sizes × %d connection counts × %d kinds of client × %d rounds: %d measurements of %s after %s of warm-up, about %s\n",
+			2+len(b.services), len(o.rows), len(o.conns), len(o.clients), o.repeat, cells, o.duration, o.warmup,
 			(time.Duration(cells) * (o.duration + o.warmup)).Round(time.Second))
 
 		measured, err = b.runAll(ctx)
@@ -264,6 +301,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 		if err := results.WriteTable(stdout, measured); err != nil {
 			return err
+		}
+		verdicts = results.Check(measured, goals)
+		if len(verdicts) > 0 {
+			fmt.Fprintln(stdout)
+			if err := results.WriteVerdicts(stdout, verdicts); err != nil {
+				return err
+			}
 		}
 		notes = b.notes
 		// The replication section's services run alone, not next to these.
@@ -295,7 +339,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	facts = append(facts,
 		results.Fact{Name: "Load average after the run", Value: loadAverage() + " (the run's own load included)"},
 		results.Fact{Name: "Duration of the run", Value: time.Since(began).Round(time.Second).String()})
-	if err := writeReport(o, began, facts, notes, measured, rep); err != nil {
+	if err := writeReport(o, began, facts, notes, measured, verdicts, rep); err != nil {
 		return err
 	}
 	if len(measured) == 0 {
@@ -307,7 +351,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 }
 
 // writeReport writes report.md and, when the table was measured, report.png.
-func writeReport(o options, began time.Time, facts []results.Fact, notes []string, measured []results.Measurement, rep *results.Replication) error {
+func writeReport(o options, began time.Time, facts []results.Fact, notes []string, measured []results.Measurement, verdicts []results.Verdict, rep *results.Replication) error {
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return fmt.Errorf("creating the report directory: %w", err)
 	}
@@ -317,7 +361,7 @@ func writeReport(o options, began time.Time, facts []results.Fact, notes []strin
 		if err != nil {
 			return fmt.Errorf("creating the chart: %w", err)
 		}
-		err = results.WritePNG(png, "cacheside: successful requests/s by target (higher is better)", chartSubtitle(o, began), measured)
+		err = results.WritePNG(png, "cacheside: successful requests/s by target (higher is better)", chartSubtitle(o, began), byClient(measured))
 		if cerr := png.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("writing the chart: %w", cerr)
 		}
@@ -326,6 +370,7 @@ func writeReport(o options, began time.Time, facts []results.Fact, notes []strin
 		}
 		report.Chart = "report.png"
 		report.Notes = append(columnNotes(o), notes...)
+		report.Verdicts = verdicts
 	}
 	if rep != nil {
 		report.Replication = rep
@@ -344,11 +389,37 @@ func writeReport(o options, began time.Time, facts []results.Fact, notes []strin
 	return nil
 }
 
-func chartSubtitle(o options, began time.Time) string {
-	enc := "Accept-Encoding: " + o.acceptEncoding
-	if o.acceptEncoding == "" {
-		enc = "no Accept-Encoding"
+// goals are the performance goals the report checks (issue 14): at 1,000 rows, for every kind
+// of client and number of connections, /cache with the Redis tier alone at 5× /sample, and
+// with the near-cache at 0.9 of the ceiling.
+var goals = []results.Goal{
+	{Rows: 1000, Target: "/cache redis", Ref: results.Direct, Min: 5},
+	{Rows: 1000, Target: "/cache redis+local", Ref: results.Ceiling, Min: 0.9},
+}
+
+// byClient names each bar of the chart after its client too, when more than one kind of client
+// was measured: the chart groups bars by target name.
+func byClient(all []results.Measurement) []results.Measurement {
+	out := slices.Clone(all)
+	clients := map[string]bool{}
+	for _, m := range all {
+		clients[m.Client] = true
 	}
+	if len(clients) < 2 {
+		return out
+	}
+	for i := range out {
+		out[i].Target = out[i].Client + " " + out[i].Target
+	}
+	return out
+}
+
+func chartSubtitle(o options, began time.Time) string {
+	var names []string
+	for _, c := range o.clients {
+		names = append(names, c.name)
+	}
+	enc := strings.Join(names, " and ") + " clients"
 	return fmt.Sprintf("%s · closed loop, %s per bar after %s warm-up · %d CPUs (%s) shared by load generator, services, Postgres and Redis · %s",
 		enc, o.duration, o.warmup, cpuCount(), cpuModel(), began.UTC().Format("2006-01-02"))
 }
@@ -360,8 +431,9 @@ func columnNotes(o options) []string {
 		"**errors**: transport errors and statuses outside 2xx/3xx.",
 		"**body/resp**: mean response body as it crossed the wire (compressed when marked gzip), headers excluded.",
 		"**cache hits**: share of responses with `X-Cache: HIT`, and which tier answered them (`X-Cache-Tier`); `—` for targets that are not cache tiers.",
-		"**vs /sample, vs ceiling**: req/s over that of `/sample` and of the ceiling at the same table size and connections.",
-		"**ceiling**: the service's own router and middleware (`httpapi.NewRouter`), in a process of its own, answering `GET /cache` from a fixed in-memory view holding the bytes, encoding, ETag and cache headers that `/cache` answered at that table size: no Redis, no Postgres. Before measuring, its answer is checked byte for byte against the service's.",
+		"**client**: `gzip` sends `Accept-Encoding: gzip` (browsers, most HTTP libraries), `identity` sends none (curl, wrk, the tutorial's `loadtest`) and is answered plain JSON.",
+		"**vs /sample, vs ceiling**: req/s over that of `/sample` and of the ceiling at the same table size, connections and client.",
+		"**ceiling**: the service's own router and middleware (`httpapi.NewRouter`), in a process of its own, answering `GET /cache` from a fixed in-memory view holding the bytes (gzip and plain), ETag and cache headers that `/cache` answered at that table size: no Redis, no Postgres, no decompression. Each client kind is measured against it with its own bytes, and before measuring its answer to each is checked byte for byte against the service's.",
 		"**/sample** is served by the instance of the first tier; it never touches the cache.",
 		fmt.Sprintf("Every target was sent %s of the same load first, not counted, so caches are filled and connections open.", o.warmup),
 		repeatNote(o.repeat),

@@ -171,7 +171,7 @@ func (rb *replicationBench) phase(ctx context.Context, enabled bool) (_ results.
 		committed int64
 		began     time.Time
 	)
-	t := target{name: name, kind: results.Cached, url: svc.url + "/cache", svc: svc, beforeMeasuring: func() error {
+	t := target{name: name, kind: results.Cached, url: svc.url + "/cache", svc: svc, client: o.clients[0], beforeMeasuring: func() error {
 		committed, began = rb.writer.committed.Load(), time.Now()
 		if enabled {
 			var err error

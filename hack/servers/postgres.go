@@ -35,6 +35,8 @@ type PostgresOptions struct {
 	Throwaway bool
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+	// Conf are more postgresql.conf lines, e.g. a test's shared_preload_libraries.
+	Conf []string
 }
 
 // Postgres is a PostgreSQL cluster run as a local process.
@@ -346,6 +348,9 @@ timezone = 'UTC'
 log_timezone = 'UTC'
 log_line_prefix = '%%m [%%p] %%q%%u@%%d '
 `, p.opts.Port, strings.ReplaceAll(sockets, "'", "''"), durable, durable, durable)
+	if len(p.opts.Conf) > 0 {
+		conf += "# Asked for by the caller.\n" + strings.Join(p.opts.Conf, "\n") + "\n"
+	}
 	path := filepath.Join(p.data(), "cacheside.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return err

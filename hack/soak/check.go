@@ -427,11 +427,17 @@ func check(o options, rec *recording) *report {
 }
 
 // sumSeries adds the values of a Prometheus text series whose labels contain match.
-func sumSeries(text, name, match string) float64 {
+func sumSeries(text, name string, match ...string) float64 {
 	var sum float64
+lines:
 	for _, line := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(line, name+"{") || !strings.Contains(line, match) {
+		if !strings.HasPrefix(line, name+"{") {
 			continue
+		}
+		for _, m := range match {
+			if !strings.Contains(line, m) {
+				continue lines
+			}
 		}
 		fields := strings.Fields(line)
 		if v, err := strconv.ParseFloat(fields[len(fields)-1], 64); err == nil {

@@ -27,6 +27,7 @@ type stormResult struct {
 	Start, End int64
 	Proc       int
 	Loads      float64
+	Counts     map[string]float64 `json:",omitempty"` // how the process's other counts of the list moved (listCounts)
 }
 
 // pendingSample is what one process's /readyz said about undelivered invalidations.
@@ -90,8 +91,8 @@ func drive(ctx context.Context, o options, env *environment, log io.Writer) (*re
 				}
 			}
 			st := stormResult{Proc: w.rng.IntN(len(env.services)), Start: h.now()}
-			loads, err := storm(runCtx, w, st.Proc, o.stormN)
-			st.Loads, st.End = loads, h.now()
+			loads, counts, err := storm(runCtx, w, st.Proc, o.stormN)
+			st.Loads, st.Counts, st.End = loads, counts, h.now()
 			if n%2 == 0 {
 				calm.Unlock()
 			}

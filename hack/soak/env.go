@@ -159,18 +159,28 @@ func (s *service) pending() int {
 	return body.Checks.Redis.Pending
 }
 
-// listLoads reads the service's count of loads of the list from Postgres (its /metrics).
-func (s *service) listLoads() (float64, error) {
+// listCounts reads the service's counts about the list (its /metrics): "loads" from Postgres,
+// lookups by outcome ("lookup hit", "lookup miss", …) and shared loads by lease outcome ("lease
+// acquired", "lease waited", …), so a storm's loads can be told apart by where they came from.
+func (s *service) listCounts() (map[string]float64, error) {
 	res, err := s.client.Get("http://" + s.adminAddr + "/metrics")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return sumSeries(string(b), "cacheside_cache_loads_total", `cache_keyspace="list"`), nil
+	text := string(b)
+	counts := map[string]float64{"loads": sumSeries(text, "cacheside_cache_loads_total", `cache_keyspace="list"`)}
+	for _, o := range []string{"hit", "miss", "bypass", "stale"} {
+		counts["lookup "+o] = sumSeries(text, "cacheside_cache_lookups_total", `cache_keyspace="list"`, `cache_outcome="`+o+`"`)
+	}
+	for _, o := range []string{"acquired", "waited", "taken_over", "unleased", "left"} {
+		counts["lease "+o] = sumSeries(text, "cacheside_cache_leases_total", `cache_keyspace="list"`, `cache_lease="`+o+`"`)
+	}
+	return counts, nil
 }
 
 // environment is what the soak runs against: one Postgres, one Redis, two service processes.

@@ -126,6 +126,14 @@ func (r *report) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nmiss storms (%d concurrent reads of a just-retired list on one process, other clients held off), Postgres loads of the list:\n", r.opts.stormN)
 	fmt.Fprintf(w, "  outside fault windows: %s\n  inside fault windows:  %s\n", spread(calm), spread(faulty))
+	for _, st := range rec.Storms {
+		if !r.inFault(st.Start, st.End) {
+			fmt.Fprintf(w, "  calm storm on %s: %.0f loads; %s\n", procName(st.Proc), st.Loads, countsLine(st.Counts))
+		}
+	}
+	fmt.Fprintln(w, "  (a storm whose lookups all bypass Redis ran while the breaker was still open after a Redis fault, since")
+	fmt.Fprintln(w, "  CACHE_BREAKER_COOLDOWN outlasts the fault window, or while an invalidation was deferred: bypass loads are")
+	fmt.Fprintln(w, "  shared in rounds, not leased, one per round; a storm that looked in Redis costs one load per retirement)")
 	fmt.Fprintln(w, "  (one load per storm, plus one per retirement landing meanwhile: the second retirement of writes whose outcome was")
 	fmt.Fprintln(w, "  unknown, DATABASE_TIMEOUT + 1 s after them, and redelivered invalidations; a killed process restarts its count)")
 	fmt.Fprintf(w, "\nchecked %d operations with porcupine in %s, per sample, allowing the documented limits: writes whose\n", r.ops, r.checkTime.Round(time.Millisecond))
@@ -199,4 +207,18 @@ func count(rs []record, f func(record) bool) int {
 		}
 	}
 	return n
+}
+
+// countsLine lists a storm's moved counts in a stable order.
+func countsLine(counts map[string]float64) string {
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %.0f", k, counts[k])
+	}
+	return strings.Join(parts, ", ")
 }

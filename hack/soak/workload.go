@@ -236,13 +236,13 @@ func readBody(res *http.Response) ([]byte, error) {
 
 // storm holds the other clients off, retires the list with a write on one process, then sends
 // it n concurrent reads of /cache, and returns how many times that process loaded the list from
-// Postgres meanwhile.
-func storm(ctx context.Context, w *worker, p, n int) (loads float64, err error) {
+// Postgres meanwhile, and how the other counts of listCounts moved.
+func storm(ctx context.Context, w *worker, p, n int) (loads float64, moved map[string]float64, err error) {
 	w.gate.Lock()
 	defer w.gate.Unlock()
-	before, err := w.services[p].listLoads()
+	before, err := w.services[p].listCounts()
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	w.h.add(w.write(ctx, p, "update", w.h.pick(w.rng)))
 	var wg sync.WaitGroup
@@ -257,9 +257,15 @@ func storm(ctx context.Context, w *worker, p, n int) (loads float64, err error) 
 	for _, r := range recs {
 		w.h.add(r)
 	}
-	after, err := w.services[p].listLoads()
+	after, err := w.services[p].listCounts()
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	return after - before, nil
+	moved = map[string]float64{}
+	for k, v := range after {
+		if d := v - before[k]; d != 0 && k != "loads" {
+			moved[k] = d
+		}
+	}
+	return after["loads"] - before["loads"], moved, nil
 }

@@ -78,10 +78,10 @@ type PostgresServer struct {
 }
 
 // StartPostgres initialises and starts a private throwaway cluster on a free port, deleted when
-// the test ends.
-func StartPostgres(t testing.TB) *PostgresServer {
+// the test ends. conf are more postgresql.conf lines.
+func StartPostgres(t testing.TB, conf ...string) *PostgresServer {
 	t.Helper()
-	p, err := servers.StartPostgres(context.Background(), servers.PostgresOptions{Dir: filepath.Join(t.TempDir(), "pg"), Throwaway: true})
+	p, err := servers.StartPostgres(context.Background(), servers.PostgresOptions{Dir: filepath.Join(t.TempDir(), "pg"), Throwaway: true, Conf: conf})
 	if err != nil {
 		t.Fatal(err)
 	}

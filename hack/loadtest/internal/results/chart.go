@@ -102,7 +102,7 @@ func WritePNG(w io.Writer, title, subtitle string, all []Measurement) error {
 		y += lineHeight(subFace)
 	}
 	legendY := y + pt(12)
-	drawLegend(c, f, order, colors, width/2, legendY)
+	legendY = drawLegend(c, f, order, colors, width/2, legendY, width-2*pad)
 
 	// The panels, side by side below the legend, their data areas of one size.
 	yLabel := "successful requests/s"
@@ -212,42 +212,69 @@ func drawPanel(c *canvas, data box, ax yAxis, ticks []tick, all []Measurement, r
 	}
 }
 
-// drawLegend lays the targets out in one line centred on cx, which a four-entry vertical legend
-// inside a panel would not leave room for.
-func drawLegend(c *canvas, f *fonts, order []Measurement, colors map[string]color.Color, cx, y float64) {
+// drawLegend lays the targets out in lines centred on cx, as many as fit in maxWidth each
+// (a vertical legend inside a panel would not leave room), and returns the last line's y.
+func drawLegend(c *canvas, f *fonts, order []Measurement, colors map[string]color.Color, cx, y, maxWidth float64) float64 {
 	face := f.face(f.regular, 11)
 	box, gap, space := pt(10), pt(5), pt(22)
+	entry := func(m Measurement) float64 { return box + gap + textWidth(face, m.Target) }
+	var lines [][]Measurement
 	var width float64
-	for i, m := range order {
-		if i > 0 {
-			width += space
-		}
-		width += box + gap + textWidth(face, m.Target)
-	}
-	x := cx - width/2
 	for _, m := range order {
-		c.fill(x, y-box/2, x+box, y+box/2, colors[m.Target])
-		x += box + gap
-		c.text(face, ink, x, y, m.Target, alignLeft, alignMiddle)
-		x += textWidth(face, m.Target) + space
+		if n := len(lines); n > 0 && width+space+entry(m) <= maxWidth {
+			lines[n-1] = append(lines[n-1], m)
+			width += space + entry(m)
+			continue
+		}
+		lines = append(lines, []Measurement{m})
+		width = entry(m)
 	}
+	for i, line := range lines {
+		if i > 0 {
+			y += lineHeight(face) + pt(4)
+		}
+		width := 0.0
+		for j, m := range line {
+			if j > 0 {
+				width += space
+			}
+			width += entry(m)
+		}
+		x := cx - width/2
+		for _, m := range line {
+			c.fill(x, y-box/2, x+box, y+box/2, colors[m.Target])
+			x += box + gap
+			c.text(face, ink, x, y, m.Target, alignLeft, alignMiddle)
+			x += textWidth(face, m.Target) + space
+		}
+	}
+	return y
 }
 
 func targetColors(order []Measurement) map[string]color.Color {
 	out := map[string]color.Color{}
-	cached := 0
+	cached, ceilings, directs := 0, 0, 0
 	for _, m := range order {
 		switch m.Kind {
 		case Ceiling:
-			out[m.Target] = ceilingColor
+			// A second ceiling (another client's) in a lighter shade of the same colour.
+			out[m.Target] = lighter(ceilingColor, ceilings)
+			ceilings++
 		case Direct:
-			out[m.Target] = directColor
+			out[m.Target] = lighter(directColor, directs)
+			directs++
 		default:
 			out[m.Target] = cachedColors[cached%len(cachedColors)]
 			cached++
 		}
 	}
 	return out
+}
+
+// lighter is col, mixed with white more for each n.
+func lighter(col color.RGBA, n int) color.Color {
+	mix := func(v uint8) uint8 { return uint8(255 - (255-int(v))*2/(2+n*2)) }
+	return color.RGBA{R: mix(col.R), G: mix(col.G), B: mix(col.B), A: 0xff}
 }
 
 func throughputRange(all []Measurement) (lo, hi float64) {

@@ -34,6 +34,10 @@ type Measurement struct {
 	Conns  int    // concurrent keep-alive connections, each sending its next request on an answer
 	Target string // the name shown, e.g. "ceiling", "/sample", "/cache redis"
 	Kind   Kind
+	// Client is the kind of client that sent the load: "gzip" (Accept-Encoding: gzip) or
+	// "identity" (no Accept-Encoding). Rows are compared only with rows of the same client,
+	// each against the ceiling serving that client's bytes.
+	Client string
 
 	Requests   uint64  // responses and transport errors
 	Errors     uint64  // transport errors and statuses outside 2xx/3xx
@@ -52,15 +56,15 @@ type Measurement struct {
 	RedisHits uint64 // hits with X-Cache-Tier: redis
 }
 
-// Ratio is m's throughput over that of the measurement of kind ref at the same table size and
-// number of connections. It is false when there is no such measurement, when m is that
+// Ratio is m's throughput over that of the measurement of kind ref at the same table size,
+// number of connections and client. It is false when there is no such measurement, when m is that
 // measurement's kind (a row is not compared with itself), or when nothing was served.
 func Ratio(all []Measurement, m Measurement, ref Kind) (float64, bool) {
 	if m.Kind == ref {
 		return 0, false
 	}
 	for _, r := range all {
-		if r.Kind == ref && r.Rows == m.Rows && r.Conns == m.Conns {
+		if r.Kind == ref && r.Rows == m.Rows && r.Conns == m.Conns && r.Client == m.Client {
 			if r.Throughput <= 0 {
 				return 0, false
 			}
@@ -79,13 +83,14 @@ func Median(ms []Measurement) Measurement {
 }
 
 // Columns are the headings of the table, in the order Row returns the cells.
-var Columns = []string{"rows", "conns", "target", "req/s", "p50", "p90", "p99", "errors", "body/resp", "cache hits", "vs /sample", "vs ceiling"}
+var Columns = []string{"rows", "conns", "client", "target", "req/s", "p50", "p90", "p99", "errors", "body/resp", "cache hits", "vs /sample", "vs ceiling"}
 
 // Row formats m as the cells of one table row; all is the whole run, for the ratios.
 func Row(all []Measurement, m Measurement) []string {
 	return []string{
 		thousands(m.Rows),
 		strconv.Itoa(m.Conns),
+		cmp.Or(m.Client, "—"),
 		m.Target,
 		thousands(int(math.Round(m.Throughput))),
 		Latency(m.P50), Latency(m.P90), Latency(m.P99),
@@ -121,6 +126,9 @@ type Report struct {
 	Chart string   // path of the chart relative to the Markdown file; "" for none
 	Notes []string // on the table
 
+	// Verdicts are the goals checked against the table, written after it; nil for none.
+	Verdicts []Verdict
+
 	// Replication is the replication section, written after the table's notes; nil for none.
 	Replication      *Replication
 	ReplicationNotes []string
@@ -143,6 +151,13 @@ func WriteMarkdown(w io.Writer, r Report, all []Measurement) error {
 	if len(all) > 0 {
 		writeMarkdownTable(&b, r, all)
 	}
+	if len(r.Verdicts) > 0 {
+		b.WriteString("\n## Goals\n\n| goal | rows | client | conns | target | measured | met |\n|:---|---:|:---|---:|:---|---:|:---|\n")
+		for _, v := range r.Verdicts {
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %s |\n", markdownCell(v.Goal.String()), thousands(v.Goal.Rows),
+				v.Client, v.Conns, markdownCell(v.Goal.Target), v.measured(), v.met())
+		}
+	}
 	if r.Replication != nil {
 		replicationMarkdown(&b, *r.Replication, r.ReplicationNotes)
 	}
@@ -160,7 +175,7 @@ func writeMarkdownTable(b *strings.Builder, r Report, all []Measurement) {
 	b.WriteString("\n|")
 	for i := range Columns {
 		// Numbers right-aligned, names left, as in the terminal table.
-		if i == 2 {
+		if i == 2 || i == 3 {
 			b.WriteString(":---|")
 		} else {
 			b.WriteString("---:|")
@@ -321,4 +336,98 @@ func distinct(all []Measurement, f func(Measurement) int) []int {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// Goal is a performance goal: at Rows, the target named Target must reach at least Min times
+// the throughput of the row of kind Ref, for every client and number of connections measured.
+type Goal struct {
+	Rows   int
+	Target string
+	Ref    Kind
+	Min    float64
+}
+
+func (g Goal) String() string {
+	ref := "/sample"
+	if g.Ref == Ceiling {
+		ref = "the ceiling"
+	}
+	return fmt.Sprintf("%s ≥ %s %s", g.Target, Times(g.Min), ref)
+}
+
+// Verdict is a goal checked in one cell: the ratio measured, if the cell was.
+type Verdict struct {
+	Goal     Goal
+	Client   string
+	Conns    int
+	Ratio    float64
+	Measured bool // false: the cell has no such target or reference
+}
+
+// Met reports whether the goal was reached in this cell.
+func (v Verdict) Met() bool { return v.Measured && v.Ratio >= v.Goal.Min }
+
+// measured has a digit more than the table's ratios, so that a ratio just short of its goal
+// does not print as the goal itself.
+func (v Verdict) measured() string {
+	if !v.Measured {
+		return "—"
+	}
+	if v.Ratio < 10 {
+		return strconv.FormatFloat(v.Ratio, 'f', 3, 64) + "×"
+	}
+	return Times(v.Ratio)
+}
+
+func (v Verdict) met() string {
+	switch {
+	case !v.Measured:
+		return "not measured"
+	case v.Met():
+		return "yes"
+	}
+	return "**no**"
+}
+
+// Check checks every goal in every cell of its table size: each client and number of
+// connections measured at that size.
+func Check(all []Measurement, goals []Goal) []Verdict {
+	var out []Verdict
+	for _, g := range goals {
+		var clients []string
+		for _, m := range all {
+			if m.Rows == g.Rows && !slices.Contains(clients, m.Client) {
+				clients = append(clients, m.Client)
+			}
+		}
+		for _, client := range clients {
+			for _, conns := range distinct(all, func(m Measurement) int { return m.Conns }) {
+				v := Verdict{Goal: g, Client: client, Conns: conns}
+				for _, m := range all {
+					if m.Rows == g.Rows && m.Conns == conns && m.Client == client && m.Target == g.Target {
+						v.Ratio, v.Measured = Ratio(all, m, g.Ref)
+					}
+				}
+				out = append(out, v)
+			}
+		}
+	}
+	return out
+}
+
+// WriteVerdicts writes the goals as aligned text lines.
+func WriteVerdicts(w io.Writer, vs []Verdict) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "goal\trows\tclient\tconns\tmeasured\tmet\t")
+	for _, v := range vs {
+		met := v.met()
+		if met == "**no**" {
+			met = "NO"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t\n", v.Goal, thousands(v.Goal.Rows), v.Client, v.Conns, v.measured(), met)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("writing the goals: %w", err)
+	}
+	return nil
 }

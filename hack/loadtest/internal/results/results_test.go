@@ -15,9 +15,10 @@ import (
 	"github.com/cacheside/cacheside/hack/loadtest/internal/results"
 )
 
-// run is one table size at one number of connections, every kind of target present.
+// run is one table size at one number of connections and one kind of client, every kind of
+// target present.
 func run() []results.Measurement {
-	return []results.Measurement{
+	ms := []results.Measurement{
 		{Rows: 1000, Conns: 8, Target: "ceiling", Kind: results.Ceiling, Requests: 50000, Throughput: 10000,
 			P50: 700 * time.Microsecond, P90: 1500 * time.Microsecond, P99: 4 * time.Millisecond, BodyBytes: 9830, Encoding: "gzip", Hits: 50000, RedisHits: 50000},
 		{Rows: 1000, Conns: 8, Target: "/sample", Kind: results.Direct, Requests: 5000, Throughput: 1000,
@@ -27,13 +28,19 @@ func run() []results.Measurement {
 		{Rows: 1000, Conns: 8, Target: "/cache redis+local", Kind: results.Cached, Requests: 40000, Throughput: 8000,
 			P50: time.Millisecond, P90: 2 * time.Millisecond, P99: 5 * time.Millisecond, BodyBytes: 9830, Encoding: "gzip", Hits: 40000, LocalHits: 38800, RedisHits: 1200},
 	}
+	for i := range ms {
+		ms[i].Client = "gzip"
+	}
+	return ms
 }
 
 func TestRatioComparesWithTheSameRowsAndConnectionsOnly(t *testing.T) {
 	all := append(run(),
 		// Another cell whose /sample must not be used for the 1,000-row, 8-connection rows.
-		results.Measurement{Rows: 1000, Conns: 1, Target: "/sample", Kind: results.Direct, Throughput: 1},
-		results.Measurement{Rows: 10, Conns: 8, Target: "/sample", Kind: results.Direct, Throughput: 1},
+		results.Measurement{Rows: 1000, Conns: 1, Target: "/sample", Kind: results.Direct, Throughput: 1, Client: "gzip"},
+		results.Measurement{Rows: 10, Conns: 8, Target: "/sample", Kind: results.Direct, Throughput: 1, Client: "gzip"},
+		// Another client's ceiling, which is not this client's.
+		results.Measurement{Rows: 1000, Conns: 8, Target: "ceiling", Kind: results.Ceiling, Throughput: 1, Client: "identity"},
 	)
 	cached := all[2]
 	tests := []struct {
@@ -48,10 +55,11 @@ func TestRatioComparesWithTheSameRowsAndConnectionsOnly(t *testing.T) {
 		{"the ceiling against /sample", all[0], results.Direct, 10, true},
 		{"/sample is not compared with itself", all[1], results.Direct, 0, false},
 		{"the ceiling is not compared with itself", all[0], results.Ceiling, 0, false},
-		{"a cell without a ceiling has no ratio to it", results.Measurement{Rows: 10, Conns: 8, Kind: results.Cached, Throughput: 3}, results.Ceiling, 0, false},
-		{"a reference that served nothing gives no ratio", results.Measurement{Rows: 5, Conns: 1, Kind: results.Cached, Throughput: 3}, results.Direct, 0, false},
+		{"a cell without a ceiling has no ratio to it", results.Measurement{Rows: 10, Conns: 8, Kind: results.Cached, Throughput: 3, Client: "gzip"}, results.Ceiling, 0, false},
+		{"a reference that served nothing gives no ratio", results.Measurement{Rows: 5, Conns: 1, Kind: results.Cached, Throughput: 3, Client: "gzip"}, results.Direct, 0, false},
+		{"another client's cell has its own ceiling", results.Measurement{Rows: 1000, Conns: 8, Kind: results.Cached, Throughput: 3, Client: "identity"}, results.Ceiling, 3, true},
 	}
-	all = append(all, results.Measurement{Rows: 5, Conns: 1, Kind: results.Direct, Target: "/sample", Throughput: 0})
+	all = append(all, results.Measurement{Rows: 5, Conns: 1, Kind: results.Direct, Target: "/sample", Throughput: 0, Client: "gzip"})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, ok := results.Ratio(all, tt.m, tt.ref)
@@ -65,10 +73,10 @@ func TestRatioComparesWithTheSameRowsAndConnectionsOnly(t *testing.T) {
 func TestRowFormatsEveryColumn(t *testing.T) {
 	all := run()
 	want := [][]string{
-		{"1,000", "8", "ceiling", "10,000", "0.70ms", "1.50ms", "4.00ms", "0", "9.6 KiB gzip", "—", "10×", "—"},
-		{"1,000", "8", "/sample", "1,000", "7.00ms", "12.3ms", "123ms", "0", "73.1 KiB", "—", "—", "0.10×"},
-		{"1,000", "8", "/cache redis", "5,000", "1.50ms", "3.00ms", "9.00ms", "3", "9.6 KiB gzip", ">99.9% (redis >99.9%)", "5.00×", "0.50×"},
-		{"1,000", "8", "/cache redis+local", "8,000", "1.00ms", "2.00ms", "5.00ms", "0", "9.6 KiB gzip", "100% (local 97%, redis 3%)", "8.00×", "0.80×"},
+		{"1,000", "8", "gzip", "ceiling", "10,000", "0.70ms", "1.50ms", "4.00ms", "0", "9.6 KiB gzip", "—", "10×", "—"},
+		{"1,000", "8", "gzip", "/sample", "1,000", "7.00ms", "12.3ms", "123ms", "0", "73.1 KiB", "—", "—", "0.10×"},
+		{"1,000", "8", "gzip", "/cache redis", "5,000", "1.50ms", "3.00ms", "9.00ms", "3", "9.6 KiB gzip", ">99.9% (redis >99.9%)", "5.00×", "0.50×"},
+		{"1,000", "8", "gzip", "/cache redis+local", "8,000", "1.00ms", "2.00ms", "5.00ms", "0", "9.6 KiB gzip", "100% (local 97%, redis 3%)", "8.00×", "0.80×"},
 	}
 	var got [][]string
 	for _, m := range all {
@@ -106,7 +114,7 @@ func TestPercentNeverRoundsToAllOrNothing(t *testing.T) {
 func TestATargetThatOnlyFailedShowsNoBodySize(t *testing.T) {
 	m := results.Measurement{Rows: 10, Conns: 1, Target: "/cache redis", Kind: results.Cached, Requests: 7, Errors: 7}
 	got := results.Row([]results.Measurement{m}, m)
-	if got[7] != "7" || got[8] != "—" || got[9] != "0%" {
+	if got[8] != "7" || got[9] != "—" || got[10] != "0%" {
 		t.Errorf("errors, body, hits = %q, %q, %q; want 7, —, 0%%", got[7], got[8], got[9])
 	}
 }
@@ -155,8 +163,8 @@ func TestWriteMarkdownHasTheFactsTheChartAndOneTableRowPerMeasurement(t *testing
 		"- **Machine:** 2 CPUs\n",
 		"- **Command:** `make loadtest`\n",
 		"](report.png)",
-		"| rows | conns | target | req/s | p50 | p90 | p99 | errors | body/resp | cache hits | vs /sample | vs ceiling |\n",
-		"| 1,000 | 8 | /sample | 1,000 | 7.00ms | 12.3ms | 123ms | 0 | 73.1 KiB | — | — | 0.10× |\n",
+		"| rows | conns | client | target | req/s | p50 | p90 | p99 | errors | body/resp | cache hits | vs /sample | vs ceiling |\n",
+		"| 1,000 | 8 | gzip | /sample | 1,000 | 7.00ms | 12.3ms | 123ms | 0 | 73.1 KiB | — | — | 0.10× |\n",
 		`| /cache a\|b |`,
 		"- numbers are not asserted\n",
 	} {
@@ -187,6 +195,14 @@ func TestWritePNGDrawsAChart(t *testing.T) {
 		if m.Kind == results.Direct {
 			m.Throughput = 40
 		}
+		all = append(all, m)
+	}
+	// Two kinds of client, as the load test names them in the chart: a legend too wide for one
+	// line wraps.
+	for i := range all {
+		m := all[i]
+		all[i].Target = "gzip " + m.Target
+		m.Target, m.Throughput = "identity "+m.Target, m.Throughput*0.8
 		all = append(all, m)
 	}
 	var b bytes.Buffer
@@ -225,5 +241,46 @@ func TestMedianKeepsTheWholeMiddleRound(t *testing.T) {
 	}
 	if rounds[0].Throughput != 900 {
 		t.Error("Median reordered its argument")
+	}
+}
+
+func TestGoalsAreCheckedPerClientAndConnections(t *testing.T) {
+	all := run()
+	for _, m := range run() { // an identity client, where the Redis tier falls short
+		m.Client = "identity"
+		if m.Target == "/cache redis" {
+			m.Throughput = 4000
+		}
+		all = append(all, m)
+	}
+	goals := []results.Goal{
+		{Rows: 1000, Target: "/cache redis", Ref: results.Direct, Min: 5},
+		{Rows: 1000, Target: "/cache redis+local", Ref: results.Ceiling, Min: 0.9},
+	}
+	type cell struct {
+		Goal, Client, Measured string
+		Conns                  int
+		Met, WasMeasured       bool
+	}
+	var got []cell
+	for _, v := range results.Check(all, goals) {
+		got = append(got, cell{v.Goal.String(), v.Client, results.Times(v.Ratio), v.Conns, v.Met(), v.Measured})
+	}
+	want := []cell{
+		{"/cache redis ≥ 5.00× /sample", "gzip", "5.00×", 8, true, true},
+		{"/cache redis ≥ 5.00× /sample", "identity", "4.00×", 8, false, true},
+		{"/cache redis+local ≥ 0.90× the ceiling", "gzip", "0.80×", 8, false, true},
+		{"/cache redis+local ≥ 0.90× the ceiling", "identity", "0.80×", 8, false, true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("verdicts (-want +got):\n%s", diff)
+	}
+
+	var b bytes.Buffer
+	if err := results.WriteMarkdown(&b, results.Report{Title: "t", Verdicts: results.Check(all, goals)}, all); err != nil {
+		t.Fatal(err)
+	}
+	if want := "| /cache redis ≥ 5.00× /sample | 1,000 | identity | 8 | /cache redis | 4.000× | **no** |\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("the report lacks %q:\n%s", want, b.String())
 	}
 }
