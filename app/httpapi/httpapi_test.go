@@ -702,6 +702,29 @@ func TestAHungPostgresDoesNotMakeRedisLookDown(t *testing.T) {
 	}
 }
 
+// TestAHungPostgresAfterStartLeavesTheReplicaReadyWithinTheProbesTimeout: a Postgres that stops
+// answering without refusing (its pod deleted under the pool's open connections, a partition)
+// must be reported down within ReadinessBudget, well inside the readiness probe's timeout (2 s in
+// the chart): a probe that times out counts as unready whatever the body would have said.
+func TestAHungPostgresAfterStartLeavesTheReplicaReadyWithinTheProbesTimeout(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	e := start(t, setup{databaseURL: testenv.CreateDatabase(t, pg.AdminURL())})
+	if r := e.get(t, "/readyz"); r.status != 200 {
+		t.Fatalf("/readyz before the outage: %d %s", r.status, r.body)
+	}
+	pg.Pause()
+	defer pg.Resume()
+	began := time.Now()
+	r := e.get(t, "/readyz")
+	took := time.Since(began)
+	if r.status != 200 || !strings.Contains(string(r.body), `"postgres":{"status":"down"`) {
+		t.Errorf("/readyz with Postgres frozen after start: %d %s, want 200 saying postgres is down", r.status, r.body)
+	}
+	if took > httpapi.ReadinessBudget+500*time.Millisecond {
+		t.Errorf("/readyz took %s with Postgres frozen, want about ReadinessBudget (%s): the chart's probe gives up at 2s", took, httpapi.ReadinessBudget)
+	}
+}
+
 // TestAReplicaShuttingDownIsNotReady: from SIGTERM on (Drain), a probe that still reaches the
 // replica is told 503, whatever its dependencies say, so nothing new is routed to it.
 func TestAReplicaShuttingDownIsNotReady(t *testing.T) {

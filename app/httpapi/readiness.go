@@ -101,8 +101,14 @@ type postgresCheck struct {
 	Error  string    `json:"error,omitempty"`
 }
 
+// ReadinessBudget bounds /readyz's checks. It is well inside the readiness probe's timeout (the
+// chart's is 2 s): a Postgres that does not answer at all (its pod gone, and the pool's
+// connections to it with it) must be reported down in time, not make the probe time out,
+// which would count as unready whatever the body would have said.
+const ReadinessBudget = time.Second
+
 func (r *readiness) handle(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(c.Request.Context(), ReadinessBudget)
 	defer cancel()
 	// Both at once: a hung Postgres using up the budget must not make Redis look down.
 	type redisResult struct {
