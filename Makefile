@@ -18,7 +18,7 @@ STATICCHECK_VERSION := v0.8.2
 ARGS ?=
 # Every Go module of the repository: the service's, and the tools' that keep their dependencies
 # out of it.
-GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools
+GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools hack/tools/kubescore
 
 .PHONY: help run test test-go soak chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench
 
@@ -43,7 +43,7 @@ test-go: ## The Go tests: the service's (-race) against throwaway Postgres, Redi
 soak: ## The checked soak under faults: two services, chaos, porcupine (ARGS e.g. -d 10m -near-cache -seed N)
 	cd hack/soak && GOWORK=off $(GO) run . $(ARGS)
 
-chart-test: ## Helm chart and Dockerfile checks, no cluster or Docker needed (ARGS go to go test)
+chart-test: ## Helm chart and Dockerfile checks (helm lint, kubeconform, kube-score, charts/tests), no cluster or Docker needed (ARGS go to go test)
 	bash hack/chart-test.sh $(ARGS)
 
 ci-check: ## Workflows (actionlint), scripts (shellcheck), k8s/ manifests, the kind config and versions; no cluster needed
