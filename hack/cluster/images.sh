@@ -118,7 +118,9 @@ tool() {
   if [[ ! -x $dir/imagebuild ]]; then
     log "building the imagebuild tool -> $dir"
     mkdir -p "$dir"
-    go_in "$HERE/imagebuild" build -trimpath -o "$dir/imagebuild.part" . && mv "$dir/imagebuild.part" "$dir/imagebuild"
+    go_in "$HERE/imagebuild" build -trimpath -o "$dir/imagebuild.part" .
+    mv "$dir/imagebuild.part" "$dir/imagebuild"
+    find "$CACHE" -maxdepth 1 -name 'imagebuild-*' ! -path "$dir" -exec rm -rf {} +
   fi
   echo "$dir/imagebuild"
 }
@@ -131,13 +133,13 @@ stage() {
   echo "$d"
 }
 
-# rootfs NAME SUITE PACKAGES HOOK: a Debian root filesystem tar from mmdebstrap (variant essential: dpkg, sh
-# and coreutils, no apt), without docs, man pages, locales' messages, apt lists or device nodes; HOOK runs
-# (sh, $1 = the root) after the essential packages, before PACKAGES are installed (e.g. to fix a user's uid).
-# Cached by its inputs: prints the tar.
+# rootfs NAME SUITE PACKAGES HOOK [CUSTOMIZE]: a Debian root filesystem tar from mmdebstrap (variant essential:
+# dpkg, sh and coreutils, no apt), without docs, man pages, locales' messages, apt lists or device nodes; HOOK
+# runs (sh, $1 = the root) after the essential packages, before PACKAGES are installed (e.g. to fix a user's
+# uid), CUSTOMIZE after them. Cached by its inputs: prints the tar.
 rootfs() {
-  local name=$1 suite=$2 packages=$3 hook=$4 k tar start
-  k=$(key "$suite" "$packages" "$hook" "$(declare -f rootfs)" "${DEBIAN_MIRROR:-}")
+  local name=$1 suite=$2 packages=$3 hook=$4 customize=${5:-} k tar start
+  k=$(key "$suite" "$packages" "$hook" "$customize" "$(declare -f rootfs)" "${DEBIAN_MIRROR:-}")
   tar=$CACHE/rootfs/$name-$suite-$k.tar
   if [[ -f $tar ]]; then
     echo "$tar"
@@ -146,21 +148,23 @@ rootfs() {
   mkdir -p "$CACHE/rootfs"
   log "$name: mmdebstrap $suite with $packages (a minute or two)"
   start=$SECONDS
+  local verbosity=--quiet # MMDEBSTRAP_VERBOSE=1 shows what dpkg and the hooks do
+  [[ -z ${MMDEBSTRAP_VERBOSE:-} ]] || verbosity=--verbose
   # A clean PATH: a Python shim on PATH made mmdebstrap ten times slower.
   # shellcheck disable=SC2016 # $1 is the hook's argument, expanded by mmdebstrap's shell
   env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
-    mmdebstrap --quiet --mode=root --variant=essential --include="$packages" \
+    mmdebstrap "$verbosity" --mode=root --format=tar --variant=essential --include="$packages" \
     --aptopt='APT::Install-Recommends "false"' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/lintian/*' \
-    --dpkgopt='path-exclude=/usr/share/postgresql/*/man/*' \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/cache/debconf/*-old "$1"/var/log/*' \
     --skip=output/dev \
-    ${hook:+--essential-hook="$hook"} "$suite" "$tar.part" ${DEBIAN_MIRROR:+"$DEBIAN_MIRROR"} >&2
+    ${hook:+--essential-hook="$hook"} ${customize:+--customize-hook="$customize"} "$suite" "$tar.part" ${DEBIAN_MIRROR:+"$DEBIAN_MIRROR"} >&2
   mv "$tar.part" "$tar"
-  # Older keys of the same root filesystem are dead weight.
-  find "$CACHE/rootfs" -name "$name-$suite-*.tar" ! -path "$tar" -delete
+  # Older keys of the same root filesystem are dead weight (never descend: a running mmdebstrap has mounts).
+  find "$CACHE/rootfs" -mindepth 1 -maxdepth 1 -name "$name-$suite-*" ! -path "$tar" ! -path "${tar%.tar}.files" \
+    -exec rm -rf {} +
   log "$name: root filesystem $(du -h "$tar" | cut -f1) in $((SECONDS - start))s"
   echo "$tar"
 }
@@ -278,7 +282,12 @@ build_postgres() {
   # As the official image: no cluster of Debian's own (postgresql-common would create "main").
   # shellcheck disable=SC2016 # $1 is the hook's argument
   hook+='mkdir -p "$1/etc/postgresql-common/createcluster.d"; echo "create_main_cluster = false" >"$1/etc/postgresql-common/createcluster.d/standin.conf"'
-  tar=$(rootfs postgres "$POSTGRES_SUITE" "postgresql-$POSTGRES_MAJOR" "$hook")
+  # Without LLVM (and z3, its dependency): 157 of the 379 MB, only for JIT compilation of expensive queries.
+  # Without the provider library postgres runs with JIT unavailable (it checks that the file exists).
+  local customize="rm -rf \"\$1\"/usr/lib/postgresql/$POSTGRES_MAJOR/lib/llvmjit* \"\$1\"/usr/lib/postgresql/$POSTGRES_MAJOR/lib/bitcode"
+  # Trixie's names: another suite fails here, loudly.
+  customize+="; chroot \"\$1\" dpkg --force-depends --purge libllvm19 libz3-4"
+  tar=$(rootfs postgres "$POSTGRES_SUITE" "postgresql-$POSTGRES_MAJOR" "$hook" "$customize")
   k=$(key "$TOOL" "$(declare -f build_postgres)" "${tar##*/}" "$HERE/images/postgres/docker-entrypoint.sh")
   fresh "$out" "$k" && return
   s=$(stage postgres)
