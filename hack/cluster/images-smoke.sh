@@ -11,11 +11,12 @@
 #               curl image passes against it
 #   jaeger      with config/jaeger.yaml: healthcheckv2 /status answers 200 and the query API answers
 #   collector   with config/otel-collector.yaml: accepts OTLP/HTTP on 4318 and serves metrics on 8888
+#   traces      a span posted to the collector reaches Jaeger (its otlp exporter, on loopback)
 # Every container runs with a read-only root filesystem, the default seccomp profile, the user the chart's
 # securityContext sets (uid 70, 999, 65532, 10001), writable paths only where the chart mounts volumes, and in
 # a network namespace of its own with nothing but loopback (containers of one check share one).
 #
-#   hack/cluster/images-smoke.sh [CHECK...]   checks: pause cacheside postgres redis app jaeger otel-collector
+#   hack/cluster/images-smoke.sh [CHECK...]   checks: pause cacheside postgres redis app jaeger otel-collector traces
 #
 # It starts a private containerd (Debian's containerd and runc; config, root, state and socket under
 # .run/images-smoke, never the system's) and on every exit stops it and removes its mounts and state.
@@ -29,7 +30,7 @@ IMAGES=$ROOT/hack/cluster/images.sh
 DIR=$ROOT/.run/images-smoke
 SOCK=$DIR/containerd.sock
 CTR=(ctr -a "$SOCK" -n images-smoke)
-ALL=(pause cacheside postgres redis app jaeger otel-collector)
+ALL=(pause cacheside postgres redis app jaeger otel-collector traces)
 TIMEOUT=${SMOKE_TIMEOUT:-120}
 
 log() { echo "images-smoke: $*" >&2; }
@@ -275,6 +276,36 @@ check_otel_collector() {
   stop otelcol
 }
 
+# The collector's pipeline into Jaeger: both in one network namespace (the collector's listeners moved off
+# Jaeger's ports by config overrides, its exporter pointed at Jaeger on loopback), a span posted to the
+# collector is found in Jaeger's query API.
+check_traces() {
+  local net now span
+  run traces-jaeger "$(import jaeger)" --mount "type=bind,src=$ROOT/k8s/observability/config,dst=/etc/jaeger,options=rbind:ro" \
+    "$(mount_tmpfs /tmp)" -- /cmd/jaeger/jaeger-linux --config=/etc/jaeger/jaeger.yaml
+  net=$(netns_of traces-jaeger)
+  wait_until "jaeger /status answers 200" "${CTR[@]}" run --rm --read-only "$net" "$(import curl)" traces-probe \
+    curl -fsS http://127.0.0.1:13133/status
+  run traces-otelcol "$(import otel-collector)" "$net" \
+    --mount "type=bind,src=$ROOT/k8s/observability/config,dst=/conf,options=rbind:ro" -- /otelcol-contrib \
+    --config=/conf/otel-collector.yaml \
+    '--config=yaml:receivers::otlp::protocols::grpc::endpoint: 127.0.0.1:14317' \
+    '--config=yaml:receivers::otlp::protocols::http::endpoint: 127.0.0.1:14318' \
+    '--config=yaml:exporters::otlp/jaeger::endpoint: 127.0.0.1:4317' \
+    '--config=yaml:service::telemetry::metrics::readers: [{pull: {exporter: {prometheus: {host: 127.0.0.1, port: 18888}}}}]'
+  now=$(date +%s)
+  span='{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"images-smoke"}}]},'
+  span+='"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",'
+  span+="\"name\":\"smoke\",\"kind\":1,\"startTimeUnixNano\":\"${now}000000000\",\"endTimeUnixNano\":\"${now}500000000\"}]}]}]}"
+  wait_until "collector takes the span" "${CTR[@]}" run --rm --read-only "$net" "$(import curl)" traces-post \
+    curl -fsS -X POST -H 'Content-Type: application/json' -d "$span" http://127.0.0.1:14318/v1/traces
+  wait_until "jaeger has the span's service" sh -c "${CTR[*]@Q} run --rm --read-only $net $(import curl) traces-query \
+    curl -fsS http://127.0.0.1:16686/api/services | grep -q '\"images-smoke\"'"
+  log "traces: a span posted to the collector reached Jaeger through its otlp exporter"
+  stop traces-otelcol
+  stop traces-jaeger
+}
+
 [[ $EUID -eq 0 ]] || die "needs root (containerd)"
 (($# > 0)) || set -- "${ALL[@]}"
 for c; do [[ " ${ALL[*]} " == *" $c "* ]] || die "unknown check $c (known: ${ALL[*]})"; done
@@ -284,6 +315,7 @@ for c; do
   case $c in
     app) needs+=(cacheside postgres redis curl) ;;
     jaeger | otel-collector) needs+=("$c" curl) ;;
+    traces) needs+=(jaeger otel-collector curl) ;;
     *) needs+=("$c") ;;
   esac
 done
