@@ -189,6 +189,7 @@ check_postgres() {
   install -d -o 70 -g 70 -m 0700 "$data"
   start_postgres pg "$data"
   grep -q 'PostgreSQL init process complete' "$DIR/logs/pg.log" || die "postgres did not initialise: $(cat "$DIR/logs/pg.log")"
+  # shellcheck disable=SC2016 # $$ is SQL's dollar quoting
   out=$(exec_as 65532 pg env PGPASSWORD=$PG_PASSWORD psql -X -tA -h 127.0.0.1 -U cacheside -d cacheside \
     -c 'SELECT current_user, current_setting($$wal_level$$), version()')
   [[ $out == "cacheside|logical|PostgreSQL 17."* ]] || die "postgres answered: $out"
@@ -209,6 +210,7 @@ start_redis() {
     setpriv --reuid=999 --regid=999 --clear-groups redis-server --port 6379 --dir /data --maxmemory 96mb \
     --maxmemory-policy allkeys-lru --save "" --appendonly no --requirepass "$REDIS_PASSWORD"
   # The chart's probe, verbatim.
+  # shellcheck disable=SC2016 # expanded in the container
   wait_until "$1 answers PING" exec_as 999 "$1" sh -c 'redis-cli -h 127.0.0.1 -p 6379 --no-auth-warning -a "$REDIS_PASSWORD" ping | grep -q PONG'
   owned_by "$1" 999
 }
