@@ -145,6 +145,7 @@ rootfs() {
     echo "$tar"
     return
   fi
+  command -v mmdebstrap >/dev/null || die "$name: needs mmdebstrap (apt-get install mmdebstrap)"
   mkdir -p "$CACHE/rootfs"
   log "$name: mmdebstrap $suite with $packages (a minute or two)"
   start=$SECONDS
