@@ -18,7 +18,7 @@ STATICCHECK_VERSION := v0.8.2
 ARGS ?=
 # Every Go module of the repository: the service's, and the tools' that keep their dependencies
 # out of it.
-GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools hack/tools/kubescore
+GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools hack/tools/kubescore hack/cluster/imagebuild hack/cluster/otelcol
 
 .PHONY: help run test test-go soak chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench
 
@@ -39,6 +39,7 @@ test-go: ## The Go tests: the service's (-race) against throwaway Postgres, Redi
 	time $(GO) run ./hack/dev test $(ARGS)
 	time (cd hack/soak && GOWORK=off $(GO) test -count=1 -timeout 20m ./...)
 	time (cd hack/loadtest && GOWORK=off $(GO) test -count=1 ./...)
+	time (cd hack/cluster/imagebuild && GOWORK=off $(GO) test -count=1 ./...)
 
 soak: ## The checked soak under faults: two services, chaos, porcupine (ARGS e.g. -d 10m -near-cache -seed N)
 	cd hack/soak && GOWORK=off $(GO) run . $(ARGS)
@@ -74,11 +75,12 @@ lint: ## gofmt, go mod tidy -diff in every module, go vet, staticcheck, shellche
 	@echo '==> go vet and staticcheck in the tool modules'
 	@(cd charts/tests && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
 	@(cd hack/tools && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
-	@for m in hack/soak hack/loadtest; do \
+	@for m in hack/soak hack/loadtest hack/cluster/imagebuild hack/cluster/otelcol; do \
 		(cd $$m && GOWORK=off $(GO) vet ./... && GOWORK=off $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...) || exit 1; \
 	done
-	@echo '==> shellcheck hack/*.sh'
-	@shellcheck -x hack/*.sh
+	@echo '==> shellcheck hack/*.sh hack/cluster/'
+	@shellcheck -x hack/*.sh hack/cluster/*.sh
+	@shellcheck -s sh hack/cluster/images/*/*.sh
 	@echo '==> govulncheck ./... (fails on a reachable vulnerability; see hack/vulncheck.sh)'
 	@bash hack/vulncheck.sh
 
