@@ -167,7 +167,9 @@ done <"$host_state/sysctls"
 # The kubelet links every container's log into /var/log/containers; the CNI library caches results in
 # /var/lib/cni; containerd's shims keep sockets in /run/containerd; the pods' namespaces in /run/netns.
 for l in /var/log/containers/*; do
-	[[ -L $l && $(readlink "$l") == "$CLUSTER_DIR/"* ]] && rm -f -- "$l"
+	if [[ -L $l && $(readlink "$l") == "$CLUSTER_DIR/"* ]]; then
+		rm -f -- "$l"
+	fi
 done
 rm -f /var/lib/cni/results/"$cni_network"-* 2>/dev/null || true
 for d in /var/log/containers /var/lib/cni /run/containerd /run/netns; do

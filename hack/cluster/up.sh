@@ -45,7 +45,9 @@ if ip link show "$bridge" >/dev/null 2>&1; then
 	die "a network interface named $bridge exists and up.sh did not record creating it: delete it (ip link del $bridge) or find out who made it"
 fi
 for d in /sys/fs/cgroup/*/kubepods; do
-	[[ -d $d ]] && die "$d exists: another kubelet runs (or ran) on this machine"
+	if [[ -d $d ]]; then
+		die "$d exists: another kubelet runs (or ran) on this machine"
+	fi
 done
 
 on_exit() {
@@ -95,12 +97,16 @@ k() { "$kubectl" --kubeconfig "$CLUSTER_DIR/admin.kubeconfig" "$@"; }
 mkdir -p "$host_state" "$pids" "$logs"
 log "recording the host's state in ${host_state#"$root"/}"
 for s in "${sysctls[@]}"; do
-	v=$(sysctl -n "$s" 2>/dev/null) && printf '%s=%s\n' "$s" "$v"
+	if v=$(sysctl -n "$s" 2>/dev/null); then
+		printf '%s=%s\n' "$s" "$v"
+	fi
 done >"$host_state/sysctls"
 # Which of the directories the kubelet, containerd and the CNI plugins write into outside CLUSTER_DIR
 # existed: down.sh removes the ones that did not.
 for d in /var/log/containers /var/lib/cni /run/containerd /run/netns /var/run/netns; do
-	[[ -e $d ]] && echo "$d"
+	if [[ -e $d ]]; then
+		echo "$d"
+	fi
 done >"$host_state/dirs"
 ls /run/netns 2>/dev/null >"$host_state/netns" || true
 cp /proc/self/mountinfo "$host_state/mountinfo"
