@@ -10,10 +10,12 @@
 #   3. unmount what appeared under CLUSTER_DIR and /run/netns (container rootfs, volumes, the pods' network
 #      namespaces), remove the namespaces and the kubelet's cgroups;
 #   4. delete every iptables chain named KUBE-*, CNI-* or CSIDE-* and the rules jumping to them (IPv4 and
-#      IPv6), the conntrack entries of the pod and Service ranges, and the bridge;
+#      IPv6), then the netfilter tables that only existed for them, the conntrack entries of the pod and
+#      Service ranges, and the bridge;
 #   5. write back the sysctls up.sh recorded that now differ;
-#   6. remove what the kubelet and the CNI plugins left under /var and /run, keep the logs in
-#      .run/cluster-logs, and delete CLUSTER_DIR (the build cache in .run/cluster-cache stays).
+#   6. remove the files the kubelet, containerd and the CNI library left under /var and /run (and their
+#      directories, if up.sh found none), keep the logs in .run/cluster-logs, and delete CLUSTER_DIR (the
+#      build cache in .run/cluster-cache stays).
 #
 # Usage: hack/cluster/down.sh     (the same CLUSTER_DIR as up.sh)
 set -euo pipefail
@@ -142,6 +144,23 @@ clean_iptables() {
 clean_iptables iptables
 clean_iptables ip6tables
 
+# Tables our commands created (iptables-nft makes a table on first use) go if nothing is left in them: no
+# rule, no chain of anyone's, every built-in chain's policy ACCEPT, as if they had never been made.
+if command -v nft >/dev/null && [[ -f $host_state/nft-tables ]]; then
+	for family in ip ip6; do
+		save=iptables-save
+		[[ $family == ip ]] || save=ip6tables-save
+		for table in raw mangle nat filter; do
+			grep -qxF "table $family $table" "$host_state/nft-tables" && continue
+			nft list table "$family" "$table" >/dev/null 2>&1 || continue
+			if ! "$save" -t "$table" 2>/dev/null | grep -vE '^(#|\*|COMMIT$|:[A-Z]+ ACCEPT )' | grep -q .; then
+				log "deleting the empty netfilter table $family $table (made by iptables for the cluster)"
+				nft delete table "$family" "$table"
+			fi
+		done
+	done
+fi
+
 for sel in "-s $pod_cidr" "-d $pod_cidr" "-d $service_cidr"; do
 	# shellcheck disable=SC2086 # two words on purpose
 	conntrack -D $sel >/dev/null 2>&1 || true
@@ -164,18 +183,33 @@ done <"$host_state/sysctls"
 
 # --- 6. files outside CLUSTER_DIR, then CLUSTER_DIR ----------------------------------------------------------
 
-# The kubelet links every container's log into /var/log/containers; the CNI library caches results in
-# /var/lib/cni; containerd's shims keep sockets in /run/containerd; the pods' namespaces in /run/netns.
+# What the cluster leaves under /var and /run, where its programs do not let us choose: the kubelet's links
+# to container logs (/var/log/containers) and its device-plugin socket (/var/lib/kubelet/device-plugins),
+# the CNI library's result cache (/var/lib/cni/results: <network>-<container>-<interface>), the sockets of
+# containerd's shims (/run/containerd/s). Only our files go; a directory goes only if it is then empty and
+# did not exist before up.sh (another containerd may share /run/containerd).
 for l in /var/log/containers/*; do
 	if [[ -L $l && $(readlink "$l") == "$CLUSTER_DIR/"* ]]; then
 		rm -f -- "$l"
 	fi
 done
-rm -f /var/lib/cni/results/"$cni_network"-* 2>/dev/null || true
-for d in /var/log/containers /var/lib/cni /run/containerd /run/netns; do
-	if [[ -e $d ]] && ! existed "$d"; then
-		log "removing $d (created by the cluster)"
-		rm -rf -- "$d"
+for r in /var/lib/cni/results/"$cni_network"-*; do
+	id=${r#/var/lib/cni/results/"$cni_network"-}
+	id=${id%-*}
+	rm -f -- "$r" "/var/lib/cni/results/cni-loopback-$id-lo"
+done
+rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+# A shim's socket that nothing listens on any more is a leftover (ours: only our shims were killed).
+listening=$(ss -xlH 2>/dev/null | awk '{print $5}')
+for sock in /run/containerd/s/*; do
+	if [[ -S $sock ]] && ! grep -qxF -- "$sock" <<<"$listening"; then
+		rm -f -- "$sock"
+	fi
+done
+for d in /var/log/containers /var/lib/cni/results /var/lib/cni /var/lib/kubelet/device-plugins /var/lib/kubelet \
+	/run/containerd/s /run/containerd/fifo /run/containerd/runc /run/containerd /run/netns; do
+	if [[ -d $d ]] && ! existed "$d" && rmdir -- "$d" 2>/dev/null; then
+		log "removed $d (made by the cluster)"
 	fi
 done
 

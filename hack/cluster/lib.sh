@@ -45,7 +45,8 @@ containerd_sock=$CLUSTER_DIR/containerd/containerd.sock
 sysctls=(
 	vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
 	kernel.keys.root_maxkeys kernel.keys.root_maxbytes
-	net.ipv4.ip_forward net.ipv4.conf.all.forwarding net.ipv6.conf.all.forwarding
+	net.ipv4.ip_forward net.ipv4.conf.all.forwarding net.ipv4.conf.default.forwarding
+	net.ipv4.conf.all.accept_redirects net.ipv6.conf.all.forwarding
 	net.ipv4.conf.all.route_localnet
 	net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables net.bridge.bridge-nf-call-arptables
 	net.netfilter.nf_conntrack_max net.netfilter.nf_conntrack_tcp_timeout_established
@@ -91,6 +92,7 @@ stop() {
 	pid=$(<"$pids/$name.pid")
 	if owned "$pid"; then
 		log "stopping $name (pid $pid)"
+		local t0=$SECONDS
 		kill -TERM "$pid" 2>/dev/null || true
 		for _ in $(seq 100); do
 			owned "$pid" || break
@@ -100,6 +102,7 @@ stop() {
 			log "$name did not stop in 20 s: SIGKILL"
 			kill -KILL "$pid" 2>/dev/null || true
 		fi
+		log "stopped $name in $((SECONDS - t0)) s"
 	fi
 	rm -f "$pids/$name.pid"
 }

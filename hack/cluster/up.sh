@@ -68,7 +68,7 @@ trap on_exit EXIT
 # command -> the Debian package that provides it.
 declare -A packages=(
 	[containerd]=containerd [ctr]=containerd [runc]=runc [iptables]=iptables [ip6tables]=iptables
-	[conntrack]=conntrack [openssl]=openssl [ip]=iproute2 [dig]=bind9-dnsutils
+	[conntrack]=conntrack [openssl]=openssl [ip]=iproute2 [ss]=iproute2 [dig]=bind9-dnsutils [nft]=nftables
 	[apt-get]=apt [dpkg-deb]=dpkg [go]=golang
 )
 missing=()
@@ -103,13 +103,17 @@ for s in "${sysctls[@]}"; do
 done >"$host_state/sysctls"
 # Which of the directories the kubelet, containerd and the CNI plugins write into outside CLUSTER_DIR
 # existed: down.sh removes the ones that did not.
-for d in /var/log/containers /var/lib/cni /run/containerd /run/netns /var/run/netns; do
+for d in /var/log/containers /var/lib/cni/results /var/lib/cni /var/lib/kubelet/device-plugins /var/lib/kubelet \
+	/run/containerd/s /run/containerd/fifo /run/containerd/runc /run/containerd /run/netns; do
 	if [[ -e $d ]]; then
 		echo "$d"
 	fi
 done >"$host_state/dirs"
 ls /run/netns 2>/dev/null >"$host_state/netns" || true
 cp /proc/self/mountinfo "$host_state/mountinfo"
+# The netfilter tables that exist: iptables (nf_tables backend) creates a table on first use, and down.sh
+# deletes, once empty again, those that did not.
+nft list tables >"$host_state/nft-tables"
 iptables-save >"$host_state/iptables.save" 2>/dev/null || true
 ip6tables-save >"$host_state/ip6tables.save" 2>/dev/null || true
 
