@@ -7,8 +7,8 @@
 #      still names CLUSTER_DIR), the kubelet first so it restarts nothing;
 #   2. kill the pods' containers through the cluster's containerd, then stop it; kill what is left in the
 #      kubelet's cgroups and the shims of this containerd;
-#   3. unmount what appeared under CLUSTER_DIR and /run/netns (container rootfs, volumes, the pods' network
-#      namespaces), remove the namespaces and the kubelet's cgroups;
+#   3. unmount what appeared under CLUSTER_DIR (container rootfs, volumes, the pods' network namespaces),
+#      remove the kubelet's cgroups;
 #   4. delete every iptables chain named KUBE-*, CNI-* or CSIDE-* and the rules jumping to them (IPv4 and
 #      IPv6), then the netfilter tables that only existed for them, the conntrack entries of the pod and
 #      Service ranges, and the bridge;
@@ -16,6 +16,9 @@
 #   6. remove the files the kubelet, containerd and the CNI library left under /var and /run (and their
 #      directories, if up.sh found none), keep the logs in .run/cluster-logs, and delete CLUSTER_DIR (the
 #      build cache in .run/cluster-cache stays).
+#
+# Steps 3 (cgroups) to 6 act machine-wide. If the cside0 bridge it finds is not the one this CLUSTER_DIR's
+# up.sh made (another cluster came up since), down.sh stops only its own processes and mounts and says so.
 #
 # Usage: hack/cluster/down.sh     (the same CLUSTER_DIR as up.sh)
 set -euo pipefail
@@ -35,6 +38,15 @@ if [[ ! -d $host_state ]]; then
 fi
 # existed DIR: whether DIR existed before up.sh.
 existed() { grep -qxF -- "$1" "$host_state/dirs" 2>/dev/null; }
+
+# The machine-wide steps (cgroups, iptables, conntrack, the bridge, sysctls, files under /var and /run)
+# assume this cluster is the machine's only one. If a cside0 exists that is not the bridge this up.sh made
+# (another CLUSTER_DIR's cluster came up since: ours is long gone), they would wreck that one: skip them.
+ours=true
+if [[ -e /sys/class/net/$bridge/ifindex && $(<"/sys/class/net/$bridge/ifindex") != "$(cat "$host_state/bridge-created" 2>/dev/null)" ]]; then
+	ours=false
+	log "$bridge belongs to another cluster now: stopping only what ${CLUSTER_DIR#"$root"/} started, leaving cgroups, iptables, sysctls and /var alone"
+fi
 
 # --- 1. the cluster's processes ----------------------------------------------------------------------------
 
@@ -65,15 +77,15 @@ if [[ -f $pids/containerd.pid ]] && owned "$(<"$pids/containerd.pid")" && c vers
 fi
 stop containerd
 
-# Whatever still runs in the kubelet's cgroups is a container of ours that outlived the steps above.
 shopt -s globstar nullglob
+# Whatever still runs in the kubelet's cgroups is a container of ours that outlived the steps above.
 kubepods_procs() {
 	local f
 	for f in /sys/fs/cgroup/*/kubepods/**/cgroup.procs; do
 		cat "$f" 2>/dev/null || true
 	done | sort -u
 }
-for pid in $(kubepods_procs); do
+for pid in $($ours && kubepods_procs); do
 	log "killing process $pid, left in the kubepods cgroups"
 	kill -KILL "$pid" 2>/dev/null || true
 done
@@ -94,9 +106,10 @@ done
 
 # --- 3. mounts, network namespaces, cgroups ----------------------------------------------------------------
 
-# Mount points that were not there before up.sh, under the places the cluster mounts: deepest first.
+# Mount points that were not there before up.sh, under CLUSTER_DIR (where containerd keeps the pods'
+# network namespaces too: netns_mounts_under_state_dir): deepest first.
 new_mounts() {
-	awk '{print $5}' /proc/self/mountinfo | grep -E "^($CLUSTER_DIR/|/run/netns(/|\$)|/var/run/netns(/|\$)|/run/containerd/)" |
+	awk '{print $5}' /proc/self/mountinfo | grep -F "$CLUSTER_DIR/" |
 		grep -vxFf <(awk '{print $5}' "$host_state/mountinfo") | sort -ru || true
 }
 for _ in 1 2 3; do
@@ -109,19 +122,21 @@ for _ in 1 2 3; do
 done
 [[ -z $(new_mounts) ]] || die "still mounted (see /proc/self/mountinfo), not deleting ${CLUSTER_DIR#"$root"/}:"$'\n'"$(new_mounts)"
 
-for ns in /run/netns/*; do
-	if ! grep -qxF -- "$(basename "$ns")" "$host_state/netns"; then
-		log "removing network namespace $(basename "$ns")"
-		rm -f -- "$ns"
-	fi
-done
-
 # The kubelet's cgroups (pods and QoS classes), in every hierarchy, children first. up.sh refused to start
 # if kubepods existed, so all of them are ours.
 for d in /sys/fs/cgroup/*/kubepods; do
+	$ours || break
 	find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
 	[[ ! -d $d ]] || log "could not remove cgroup $d (a process still in it?)"
 done
+
+if ! $ours; then
+	rm -rf -- "$root/.run/cluster-logs"
+	cp -r "$logs" "$root/.run/cluster-logs" 2>/dev/null || true
+	rm -rf -- "$CLUSTER_DIR"
+	log "${CLUSTER_DIR#"$root"/} removed; the machine-wide state is the other cluster's"
+	exit 0
+fi
 
 # --- 4. iptables, conntrack, the bridge ---------------------------------------------------------------------
 
@@ -166,7 +181,7 @@ for sel in "-s $pod_cidr" "-d $pod_cidr" "-d $service_cidr"; do
 	conntrack -D $sel >/dev/null 2>&1 || true
 done
 
-if [[ -f $host_state/bridge-created ]] && ip link show "$bridge" >/dev/null 2>&1; then
+if [[ -s $host_state/bridge-created ]] && ip link show "$bridge" >/dev/null 2>&1; then
 	log "deleting the bridge $bridge"
 	ip link del "$bridge"
 fi
@@ -207,7 +222,7 @@ for sock in /run/containerd/s/*; do
 	fi
 done
 for d in /var/log/containers /var/lib/cni/results /var/lib/cni /var/lib/kubelet/device-plugins /var/lib/kubelet \
-	/run/containerd/s /run/containerd/fifo /run/containerd/runc /run/containerd /run/netns; do
+	/run/containerd/s /run/containerd/fifo /run/containerd/runc /run/containerd; do
 	if [[ -d $d ]] && ! existed "$d" && rmdir -- "$d" 2>/dev/null; then
 		log "removed $d (made by the cluster)"
 	fi

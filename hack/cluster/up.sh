@@ -104,12 +104,11 @@ done >"$host_state/sysctls"
 # Which of the directories the kubelet, containerd and the CNI plugins write into outside CLUSTER_DIR
 # existed: down.sh removes the ones that did not.
 for d in /var/log/containers /var/lib/cni/results /var/lib/cni /var/lib/kubelet/device-plugins /var/lib/kubelet \
-	/run/containerd/s /run/containerd/fifo /run/containerd/runc /run/containerd /run/netns; do
+	/run/containerd/s /run/containerd/fifo /run/containerd/runc /run/containerd; do
 	if [[ -e $d ]]; then
 		echo "$d"
 	fi
 done >"$host_state/dirs"
-ls /run/netns 2>/dev/null >"$host_state/netns" || true
 cp /proc/self/mountinfo "$host_state/mountinfo"
 # The netfilter tables that exist: iptables (nf_tables backend) creates a table on first use, and down.sh
 # deletes, once empty again, those that did not.
@@ -123,8 +122,9 @@ log "sysctls: net.ipv4.ip_forward=1, net.bridge.bridge-nf-call-iptables=1 (pods'
 sysctl -q -w net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
 
 log "bridge $bridge with $bridge_ip/24"
-touch "$host_state/bridge-created"
 ip link add "$bridge" type bridge
+# Its interface index tells down.sh whether the cside0 it finds is still this one.
+cat "/sys/class/net/$bridge/ifindex" >"$host_state/bridge-created"
 ip addr add "$bridge_ip/24" dev "$bridge"
 ip link set "$bridge" up
 
