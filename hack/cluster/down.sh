@@ -4,7 +4,7 @@
 # run finds nothing). In order:
 #
 #   1. stop the processes up.sh started (their pid files; a pid is only signalled while its command line
-#      still names CLUSTER_DIR), the kubelet first so it restarts nothing;
+#      still names CLUSTER_DIR; SIGKILL after a few seconds), the kubelet first so it restarts nothing;
 #   2. kill the pods' containers through the cluster's containerd, then stop it; kill what is left in the
 #      kubelet's cgroups and the shims of this containerd;
 #   3. unmount what appeared under CLUSTER_DIR (container rootfs, volumes, the pods' network namespaces),
@@ -50,9 +50,11 @@ fi
 
 # --- 1. the cluster's processes ----------------------------------------------------------------------------
 
-for p in kubelet kube-proxy coredns kube-scheduler kube-controller-manager kube-apiserver etcd; do
+for p in kubelet kube-proxy coredns kube-scheduler kube-controller-manager; do
 	stop "$p"
 done
+stop kube-apiserver 5
+stop etcd
 
 # --- 2. the containers -------------------------------------------------------------------------------------
 
@@ -65,10 +67,7 @@ if [[ -f $pids/containerd.pid ]] && owned "$(<"$pids/containerd.pid")" && c vers
 			c tasks kill -a -s SIGKILL "$t" >/dev/null 2>&1 || true
 		done
 		for t in $tasks; do
-			for _ in $(seq 50); do
-				c tasks delete "$t" >/dev/null 2>&1 && break
-				sleep 0.2
-			done
+			c tasks delete -f "$t" >/dev/null 2>&1 || true
 		done
 	fi
 	for id in $(c containers ls -q 2>/dev/null || true); do

@@ -85,21 +85,23 @@ start() {
 	echo $! >"$pids/$name.pid"
 }
 
-# stop NAME: SIGTERM the process of $pids/NAME.pid if it is still ours, SIGKILL after 20 s.
+# stop NAME [SECONDS]: SIGTERM the process of $pids/NAME.pid if it is still ours, SIGKILL after SECONDS
+# (default 10). A throwaway cluster needs no long grace: kube-apiserver, for one, can sit in its shutdown
+# for minutes.
 stop() {
-	local name=$1 pid
+	local name=$1 grace=${2:-10} pid
 	[[ -f $pids/$name.pid ]] || return 0
 	pid=$(<"$pids/$name.pid")
 	if owned "$pid"; then
 		log "stopping $name (pid $pid)"
 		local t0=$SECONDS
 		kill -TERM "$pid" 2>/dev/null || true
-		for _ in $(seq 100); do
+		for _ in $(seq $((grace * 5))); do
 			owned "$pid" || break
 			sleep 0.2
 		done
 		if owned "$pid"; then
-			log "$name did not stop in 20 s: SIGKILL"
+			log "$name did not stop in $grace s: SIGKILL"
 			kill -KILL "$pid" 2>/dev/null || true
 		fi
 		log "stopped $name in $((SECONDS - t0)) s"
