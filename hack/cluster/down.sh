@@ -99,7 +99,9 @@ for proc in /proc/[0-9]*; do
 	fi
 done
 for _ in $(seq 50); do
-	[[ -z $(kubepods_procs) ]] && break
+	if ! $ours || [[ -z $(kubepods_procs) ]]; then
+		break
+	fi
 	sleep 0.2
 done
 
