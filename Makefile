@@ -80,8 +80,8 @@ lint: ## gofmt, go mod tidy -diff in every module, go vet, staticcheck, shellche
 	@for m in hack/soak hack/loadtest; do \
 		(cd $$m && GOWORK=off $(GO) vet ./... && GOWORK=off $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...) || exit 1; \
 	done
-	@echo '==> shellcheck hack/*.sh'
-	@shellcheck -x hack/*.sh
+	@echo '==> shellcheck hack/*.sh hack/cluster/*.sh'
+	@shellcheck -x hack/*.sh hack/cluster/*.sh
 	@echo '==> govulncheck ./... (fails on a reachable vulnerability; see hack/vulncheck.sh)'
 	@bash hack/vulncheck.sh
 
