@@ -17,7 +17,10 @@ STATICCHECK_VERSION := v0.8.2
 # Extra arguments for the scripts, e.g. make test ARGS='-run TestCache -v'
 ARGS ?=
 # Every Go module of the repository: the service's, and the tools' that keep their dependencies
-# out of it.
+# out of it. Not hack/cluster/kube and hack/cluster/coredns: they only assemble a main from
+# Kubernetes' and CoreDNS' packages, and tidying and vetting them would download and type-check all
+# of Kubernetes (~2700 packages) on every lint; hack/cluster/build.sh compiles them when the cluster
+# is needed, and fails if their pins disagree with hack/versions.env.
 GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools hack/tools/kubescore hack/cluster/imagebuild hack/cluster/otelcol
 
 .PHONY: help run test test-go soak chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench

@@ -2,7 +2,7 @@
 # hack/ci-check.sh: check what the Kubernetes dev loop and CI are made of, with no cluster, no Docker, no Tilt
 # and nothing but Go, the Go module proxy and (for shellcheck) Debian's packages:
 #
-#   1. shellcheck on hack/*.sh and .ci/run (installed with apt-get when missing and root);
+#   1. shellcheck on hack/*.sh, hack/cluster/*.sh and .ci/run (installed with apt-get when missing and root);
 #   2. actionlint on .github/workflows (it runs shellcheck on their scripts too), every action pinned by a
 #      full commit SHA with its version in a comment, and Dependabot's directories existing; then, on
 #      actionlint's syntax tree (go test in hack/tools/workflows), that release.yml publishes only after calling
@@ -78,9 +78,9 @@ ensure_shellcheck() {
 
 run_shellcheck() {
 	ensure_shellcheck || return 1
-	shellcheck -x hack/*.sh .ci/run
+	shellcheck -x hack/*.sh hack/cluster/*.sh .ci/run
 }
-check "shellcheck hack/*.sh .ci/run" run_shellcheck
+check "shellcheck hack/*.sh hack/cluster/*.sh .ci/run" run_shellcheck
 
 # --- 2. workflows ----------------------------------------------------------------------------------------------
 
