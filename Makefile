@@ -18,7 +18,7 @@ STATICCHECK_VERSION := v0.8.2
 ARGS ?=
 # Every Go module of the repository: the service's, and the tools' that keep their dependencies
 # out of it.
-GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools
+GO_MODULES := . charts/tests hack/cluster/netpol hack/jaeger hack/loadtest hack/soak hack/tools
 
 .PHONY: help run test test-go soak chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench
 
@@ -77,8 +77,8 @@ lint: ## gofmt, go mod tidy -diff in every module, go vet, staticcheck, shellche
 	@for m in hack/soak hack/loadtest; do \
 		(cd $$m && GOWORK=off $(GO) vet ./... && GOWORK=off $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...) || exit 1; \
 	done
-	@echo '==> shellcheck hack/*.sh'
-	@shellcheck -x hack/*.sh
+	@echo '==> shellcheck hack/*.sh hack/cluster/*.sh'
+	@shellcheck -x hack/*.sh hack/cluster/*.sh
 	@echo '==> govulncheck ./... (fails on a reachable vulnerability; see hack/vulncheck.sh)'
 	@bash hack/vulncheck.sh
 
