@@ -27,7 +27,8 @@
 #
 # The binary is upstream's controller package with a main of our own (hack/cluster/netpol/main.go): upstream's
 # command only runs in a pod (in-cluster config, SIGINT only). Knobs: CLUSTER_DIR (default <repo>/.run/cluster),
-# NETPOL_START_TIMEOUT (s, 60), NETPOL_KEEP=1 (check leaves its namespace for a look).
+# NETPOL_STATE_DIR (pid and log; default $CLUSTER_DIR), NETPOL_START_TIMEOUT (s, 60), NETPOL_KEEP=1 (check
+# leaves its namespace for a look).
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -40,8 +41,11 @@ version=$KUBE_NETWORK_POLICIES_VERSION
 module=$root/hack/cluster/netpol
 bin_dir=$root/.run/cluster-cache/netpol-$version
 bin=$bin_dir/kube-network-policies
-pid_file=$CLUSTER_DIR/netpol.pid
-log_file=$CLUSTER_DIR/netpol.log
+# Beside the cluster's own state by default; NETPOL_STATE_DIR puts them elsewhere (say, to check a cluster
+# that another worktree's up.sh started without writing into it).
+state_dir=${NETPOL_STATE_DIR:-$CLUSTER_DIR}
+pid_file=$state_dir/netpol.pid
+log_file=$state_dir/netpol.log
 # The controller's table (hack/cluster/netpol/main.go) and nfqueue (its default).
 table='inet kube-network-policies'
 ns=netpol-check
@@ -122,6 +126,7 @@ cmd_start() {
 	[[ $(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null) == 1 ]] ||
 		die "net.bridge.bridge-nf-call-iptables is not 1: traffic between pods on the bridge would skip netfilter (up.sh sets it)"
 	local started=$SECONDS timeout=${NETPOL_START_TIMEOUT:-60}
+	mkdir -p "$state_dir"
 	log "starting kube-network-policies $version for node $NODE_NAME (log ${log_file#"$root"/})"
 	# setsid: its own session, so a Ctrl-C meant for the caller does not tear the rules down halfway.
 	setsid "$bin" -kubeconfig "$KUBECONFIG" -hostname-override "$NODE_NAME" \
@@ -185,13 +190,27 @@ probe() {
 	fi
 }
 
+# probe_dns CLIENT: "open" when CLIENT resolves the server's Service name (UDP to 10.96.0.10, DNAT'd to
+# CoreDNS on the host) within 3 s, "blocked" when the lookup times out.
+probe_dns() {
+	local out rc=0
+	out=$(k -n "$ns" exec "$1" -- timeout 3 getent hosts "server.$ns.svc.cluster.local" 2>&1) || rc=$?
+	if ((rc == 0)) && [[ -n $out ]]; then
+		echo open
+	elif ((rc == 124)); then
+		echo blocked
+	else
+		echo "error(rc=$rc): ${out//$'\n'/ }"
+	fi
+}
+
 results=()
-# expect WHAT CLIENT ADDRESS WANT: poll until the probe answers WANT (policies take effect within a second or
+# expect WHAT CLIENT ADDRESS WANT: poll until the probe answers WANT (ADDRESS "dns": probe_dns) (policies take effect within a second or
 # two of the API server's answer: the controller's watch, then a new nftables set), 30 s at most.
 expect() {
 	local what=$1 client=$2 addr=$3 want=$4 got started=$SECONDS
 	while :; do
-		got=$(probe "$client" "$addr")
+		if [[ $addr == dns ]]; then got=$(probe_dns "$client"); else got=$(probe "$client" "$addr"); fi
 		[[ $got == "$want" ]] && break
 		((SECONDS - started < 30)) || break
 	done
@@ -314,7 +333,12 @@ cmd_check() {
 
 	egress_policy_yaml | k apply -f - >/dev/null
 	expect "allowed's egress DNS-only: allowed -> server (Service)" allowed "$svc_ip" blocked || failed=1
+	expect "allowed's egress DNS-only: allowed resolves the Service" allowed dns open || failed=1
+	# The same policy without its DNS rule: what a chart's egress policy forgetting port 53 gets.
+	egress_policy_yaml | sed '/^  egress:/,$d' | k apply -f - >/dev/null
+	expect "allowed's egress none: allowed resolves the Service" allowed dns blocked || failed=1
 	k -n "$ns" delete networkpolicy allowed-egress-dns-only >/dev/null
+	expect "egress policy removed: allowed resolves the Service" allowed dns open || failed=1
 	expect "egress policy removed: allowed -> server (Service)" allowed "$svc_ip" open || failed=1
 
 	k -n "$ns" delete networkpolicy --all >/dev/null
