@@ -3,15 +3,25 @@
 #
 # The bridge CNI plugin enforces no NetworkPolicy, so the chart's policies would be decoration. This runs SIG
 # Network's reference controller, sigs.k8s.io/kube-network-policies (KUBE_NETWORK_POLICIES_VERSION in
-# hack/versions.env), as a root process on the host: it watches pods, namespaces and NetworkPolicies, puts an
-# nftables table `inet kube-network-policies` in the host's ruleset that sends the first packet of every
-# connection from or to a policy-selected pod of this node to nfqueue 100, and judges it there against the
-# policies. It works with any CNI; it needs root (CAP_NET_ADMIN in the host's network namespace) and the
-# kernel's nf_tables and nfnetlink_queue, nothing else.
+# hack/versions.env), as a root process on the host: it watches pods, namespaces and NetworkPolicies, reads the
+# first packet of every new connection from nfqueue 100 and accepts or drops it as the policies say (later
+# packets ride conntrack). It works with any CNI and needs root and the kernel's nfnetlink_queue.
+#
+# Upstream sends packets to the queue with an nftables table of its own, `inet kube-network-policies`, whose
+# rules use nft's `queue` expression. This machine's kernel lacks it (CONFIG_NFT_QUEUE is not set; it has
+# the iptables NFQUEUE target, CONFIG_NETFILTER_XT_TARGET_NFQUEUE, and no loadable modules), so the
+# controller's table cannot be created and this script queues the packets itself, with iptables rules in
+# the mangle table equivalent to upstream's, but for every pod rather than only those a policy selects:
+#   POSTROUTING (after kube-proxy's DNAT, before SNAT) -> CSIDE-NETPOL: established/related and the node's
+#     root processes (the kubelet's probes) pass; a new connection from or to the pod network is queued;
+#   INPUT -> CSIDE-NETPOL-DNS: DNS over UDP from pods to the node (CoreDNS runs on it) is queued, as upstream
+#     judges DNS in PREROUTING.
+# A pod no policy selects is judged "allowed" at once. Where the kernel has nft's queue, the controller's
+# table appears too (the log says so) and packets are judged twice, with the same verdict.
 #
 #   hack/cluster/netpol.sh build   build the controller into .run/cluster-cache/netpol-<version>/ (cached)
 #   hack/cluster/netpol.sh start   run it against the cluster of $CLUSTER_DIR/env; wait until it has synced
-#   hack/cluster/netpol.sh stop    stop it and delete its nftables table: the host's ruleset is as it was
+#   hack/cluster/netpol.sh stop    remove the rules, stop it: the host's ruleset is as it was
 #   hack/cluster/netpol.sh check   prove enforcement with pods and policies of its own, in namespace netpol-check
 #
 # run.sh calls `start` right after up.sh (before the chart is installed, or its pods start unguarded) and
@@ -20,7 +30,7 @@
 # What it judges, and what it does not (see the README's cluster section):
 #   - Traffic between pods, also through a Service (the hook sits in POSTROUTING, after kube-proxy's DNAT),
 #     and bridged pod-to-pod traffic (net.bridge.bridge-nf-call-iptables=1, which up.sh sets).
-#   - DNS (UDP 53) from pods also to the host (PREROUTING), so an egress policy without DNS breaks lookups.
+#   - DNS (UDP 53) from pods also to the node, so an egress policy without DNS breaks lookups.
 #   - Not: other traffic from pods to the node itself (the API server and CoreDNS over TCP run on
 #     10.244.0.1 as host processes: that is input, not forwarded), nor from root processes of the node (the
 #     kubelet's probes): both pass whatever the policies say, as in the upstream DaemonSet.
@@ -28,7 +38,8 @@
 # The binary is upstream's controller package with a main of our own (hack/cluster/netpol/main.go): upstream's
 # command only runs in a pod (in-cluster config, SIGINT only). Knobs: CLUSTER_DIR (default <repo>/.run/cluster),
 # NETPOL_STATE_DIR (pid and log; default $CLUSTER_DIR), NETPOL_START_TIMEOUT (s, 60), NETPOL_KEEP=1 (check
-# leaves its namespace for a look).
+# leaves its namespace for a look), NETPOL_NAMESPACE (start guards that namespace only: set it to netpol-check
+# to run `check` beside a cluster someone else is testing, whose pods then stay unjudged).
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -46,8 +57,11 @@ bin=$bin_dir/kube-network-policies
 state_dir=${NETPOL_STATE_DIR:-$CLUSTER_DIR}
 pid_file=$state_dir/netpol.pid
 log_file=$state_dir/netpol.log
-# The controller's table (hack/cluster/netpol/main.go) and nfqueue (its default).
-table='inet kube-network-policies'
+# The controller's nfqueue (its default), and what this script adds to iptables to feed it.
+queue=100
+pod_cidr=10.244.0.0/24
+chain=CSIDE-NETPOL
+dns_chain=CSIDE-NETPOL-DNS
 ns=netpol-check
 
 log() { echo "netpol.sh: $*" >&2; }
@@ -57,7 +71,7 @@ die() {
 }
 
 usage() {
-	sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n 's/^#   \(hack\/cluster\/netpol.sh .*\)/\1/p' "${BASH_SOURCE[0]}" >&2
 	exit 2
 }
 
@@ -113,6 +127,46 @@ running_pid() {
 	echo "$pid"
 }
 
+ipt() { iptables -w 5 -t mangle "$@"; }
+
+# The chains, with what passes unjudged; queue_rules then sends an address range to the queue. Added only
+# once the controller listens: a queue nobody reads drops every packet.
+add_chains() {
+	remove_rules
+	ipt -N "$chain"
+	ipt -A "$chain" -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+	ipt -A "$chain" -m owner --uid-owner 0 -j RETURN
+	ipt -I POSTROUTING -j "$chain"
+	ipt -N "$dns_chain"
+	ipt -I INPUT -j "$dns_chain"
+}
+
+# queue_rules ADDR: new connections from or to ADDR (the pod network, or one pod) go to the controller.
+queue_rules() {
+	local target=(-j NFQUEUE --queue-num "$queue")
+	# Beside someone else's cluster (NETPOL_NAMESPACE): if this controller dies, nothing waits on it.
+	[[ -n ${NETPOL_NAMESPACE:-} ]] && target+=(--queue-bypass)
+	ipt -A "$chain" -s "$1" "${target[@]}"
+	ipt -A "$chain" -d "$1" "${target[@]}"
+	ipt -A "$dns_chain" -s "$1" -p udp --dport 53 "${target[@]}"
+	log "iptables (mangle): new connections from/to $1 -> nfqueue $queue (POSTROUTING via $chain, DNS to the node via INPUT, $dns_chain)"
+}
+
+# Idempotent: removes whichever of the jumps and chains exist.
+remove_rules() {
+	local c hook
+	for c in "$chain:POSTROUTING" "$dns_chain:INPUT"; do
+		hook=${c#*:}
+		c=${c%%:*}
+		while ipt -C "$hook" -j "$c" 2>/dev/null; do ipt -D "$hook" -j "$c"; done
+		if ipt -S "$c" >/dev/null 2>&1; then
+			ipt -F "$c"
+			ipt -X "$c"
+			log "removed iptables chain mangle/$c"
+		fi
+	done
+}
+
 cmd_start() {
 	[[ $EUID -eq 0 ]] || die "start needs root (nftables and nfqueue in the host's network namespace)"
 	load_env
@@ -129,7 +183,12 @@ cmd_start() {
 	mkdir -p "$state_dir"
 	log "starting kube-network-policies $version for node $NODE_NAME (log ${log_file#"$root"/})"
 	# setsid: its own session, so a Ctrl-C meant for the caller does not tear the rules down halfway.
-	setsid "$bin" -kubeconfig "$KUBECONFIG" -hostname-override "$NODE_NAME" \
+	local scope=()
+	if [[ -n ${NETPOL_NAMESPACE:-} ]]; then
+		log "guarding namespace $NETPOL_NAMESPACE only (NETPOL_NAMESPACE)"
+		scope=(-namespace "$NETPOL_NAMESPACE")
+	fi
+	setsid "$bin" -kubeconfig "$KUBECONFIG" -hostname-override "$NODE_NAME" "${scope[@]}" \
 		-metrics-bind-address 127.0.0.1:9080 </dev/null >"$log_file" 2>&1 &
 	echo $! >"$pid_file"
 	until grep -q 'ready: informers synced' "$log_file"; do
@@ -145,11 +204,20 @@ cmd_start() {
 		}
 		sleep 0.5
 	done
-	log "running (pid $(cat "$pid_file")), synced, table $table and nfqueue 100 in place, in $((SECONDS - started)) s"
+	add_chains
+	if [[ -n ${NETPOL_NAMESPACE:-} ]]; then
+		# Its pods are not known yet; `check` queues their addresses. Nobody else's traffic is queued.
+		log "NETPOL_NAMESPACE: no address queued yet (check adds its pods')"
+	else
+		queue_rules "$pod_cidr"
+	fi
+	log "running (pid $(cat "$pid_file")), synced, nfqueue $queue bound, in $((SECONDS - started)) s"
 }
 
 cmd_stop() {
 	local pid
+	# The rules first: once they are gone no packet waits on the queue, so stopping drops nothing.
+	remove_rules
 	if pid=$(running_pid); then
 		log "stopping kube-network-policies (pid $pid): SIGTERM, it deletes its table on the way out"
 		kill -TERM "$pid"
@@ -165,8 +233,8 @@ cmd_stop() {
 		log "not running"
 	fi
 	rm -f "$pid_file"
-	# After a crash or a SIGKILL the table stays, and with it a queue nobody reads: every guarded pod's new
-	# connections would be dropped. Delete it whatever happened above (a no-op when already gone).
+	# Where the kernel let the controller create its nftables table, it deletes it when it stops; after a
+	# crash or a SIGKILL the table would stay, queueing to nobody. Delete it whatever happened (a no-op here).
 	if [[ -x $bin ]]; then
 		"$bin" -cleanup | sed 's/^/netpol.sh: /' >&2
 	fi
@@ -212,6 +280,7 @@ expect() {
 	while :; do
 		if [[ $addr == dns ]]; then got=$(probe_dns "$client"); else got=$(probe "$client" "$addr"); fi
 		[[ $got == "$want" ]] && break
+		[[ $got == *"connection to the server"* ]] && die "the API server went away: $got"
 		((SECONDS - started < 30)) || break
 	done
 	local verdict=PASS
@@ -314,6 +383,13 @@ cmd_check() {
 	pod_ip=$(k -n "$ns" get pod server -o 'jsonpath={.status.podIP}')
 	svc_ip=$(k -n "$ns" get service server -o 'jsonpath={.spec.clusterIP}')
 	log "server pod $pod_ip, Service $svc_ip"
+	if [[ -n ${NETPOL_NAMESPACE:-} ]]; then
+		[[ $NETPOL_NAMESPACE == "$ns" ]] || die "NETPOL_NAMESPACE is $NETPOL_NAMESPACE: the controller does not see $ns"
+		local ip
+		for ip in $(k -n "$ns" get pods -o 'jsonpath={.items[*].status.podIP}'); do
+			queue_rules "$ip"
+		done
+	fi
 
 	local failed=0
 	# Both paths: through the Service (routed, after kube-proxy's DNAT) and straight to the pod (bridged).

@@ -8,8 +8,10 @@
 //   - the API server comes from a kubeconfig (-kubeconfig or $KUBECONFIG);
 //   - SIGTERM stops it like SIGINT, and it exits once the controller has
 //     deleted its nftables table (the controller's own deferred cleanup);
-//   - it logs "ready" once the informers have synced, the nftables table is in
-//     place and the nfqueue is bound, so hack/cluster/netpol.sh can wait on that.
+//   - it logs "ready" once the informers have synced and the nfqueue is bound, so
+//     hack/cluster/netpol.sh can wait on that (and on whether the controller's
+//     own nftables table made it: see netpol.sh for kernels where it cannot);
+//   - -namespace can narrow it to one namespace's pods and policies.
 //
 // -cleanup deletes the table and exits: hack/cluster/netpol.sh stop uses it after a
 // crash or SIGKILL so the host is left without the controller's rules.
@@ -58,6 +60,7 @@ func run() error {
 	failOpen := flag.Bool("fail-open", false, "accept packets while the controller is not running (default: they are dropped)")
 	bug1766 := flag.Bool("netfilter-bug-1766-fix", true, "judge DNS packets in PREROUTING (conntrack race fixed in kernels 6.12+)")
 	metricsAddr := flag.String("metrics-bind-address", "127.0.0.1:9080", "address of the Prometheus /metrics endpoint")
+	namespace := flag.String("namespace", "", "guard only the pods and policies of this namespace (default: all)")
 	cleanup := flag.Bool("cleanup", false, "delete the controller's nftables table (if present) and exit")
 	klog.InitFlags(nil)
 	flag.Parse()
@@ -89,7 +92,10 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("creating the client: %w", err)
 	}
-	factory := informers.NewSharedInformerFactory(clientset, 0)
+	// -namespace narrows the pod and policy informers (namespaces stay cluster-wide, for namespaceSelector):
+	// pods of other namespaces are then never in the controller's sets, their traffic never queued. That is
+	// what lets netpol.sh check enforcement beside a cluster someone else is testing.
+	factory := informers.NewSharedInformerFactoryWithOptions(clientset, 0, informers.WithNamespace(*namespace))
 
 	cfg := networkpolicy.Config{
 		FailOpen:            *failOpen,
@@ -131,11 +137,13 @@ func run() error {
 			klog.V(2).InfoS("informer synced", "type", typ)
 		}
 		err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(context.Context) (bool, error) {
-			return tableExists() && queueBound(*queueID), nil
+			return queueBound(*queueID), nil
 		})
 		if err == nil {
-			klog.InfoS("ready: informers synced, nftables table present, nfqueue bound",
-				"node", *nodeName, "table", "inet "+tableName, "nfqueue", *queueID)
+			// The table needs the kernel's nft "queue" expression (CONFIG_NFT_QUEUE); without it the
+			// controller's rule sync fails and the caller must send packets to the queue itself.
+			klog.InfoS("ready: informers synced, nfqueue bound",
+				"node", *nodeName, "nfqueue", *queueID, "nftablesTable", tableExists())
 		}
 	}()
 
