@@ -21,7 +21,7 @@ ARGS ?=
 # Kubernetes' and CoreDNS' packages, and tidying and vetting them would download and type-check all
 # of Kubernetes (~2700 packages) on every lint; hack/cluster/build.sh compiles them when the cluster
 # is needed, and fails if their pins disagree with hack/versions.env.
-GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools hack/tools/kubescore hack/cluster/imagebuild hack/cluster/otelcol
+GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools hack/tools/kubescore hack/cluster/imagebuild hack/cluster/otelcol hack/cluster/netpol
 
 .PHONY: help run test test-go soak chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench
 
