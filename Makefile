@@ -18,14 +18,14 @@ STATICCHECK_VERSION := v0.8.2
 ARGS ?=
 # Every Go module of the repository: the service's, and the tools' that keep their dependencies
 # out of it.
-GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools
+GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools hack/cluster/e2e
 
-.PHONY: help run test test-go soak chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench
+.PHONY: help run test test-go soak chart-test ci-check e2e-cluster kind-up kind-down lint build tidy clean loadtest bench
 
 help: ## Show this help
 	@echo 'Usage: make <target> [ARGS=...]'
 	@echo
-	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z0-9_-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z0-9_-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 run: ## Run everything locally: dev Postgres + Redis + Jaeger, migrate, seed, serve (hack/dev)
 	$(GO) run ./hack/dev run
@@ -48,6 +48,9 @@ chart-test: ## Helm chart and Dockerfile checks, no cluster or Docker needed (AR
 
 ci-check: ## Workflows (actionlint), scripts (shellcheck), k8s/ manifests, the kind config and versions; no cluster needed
 	bash hack/ci-check.sh
+
+e2e-cluster: ## The chart on a local single-node Kubernetes (root): install, helm test, traces, faults, upgrade, uninstall; torn down after (hack/cluster/run.sh)
+	bash hack/cluster/run.sh
 
 kind-up: ## Local kind cluster and registry for Tilt (needs Docker)
 	bash hack/kind-up.sh
@@ -74,7 +77,7 @@ lint: ## gofmt, go mod tidy -diff in every module, go vet, staticcheck, shellche
 	@echo '==> go vet and staticcheck in the tool modules'
 	@(cd charts/tests && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
 	@(cd hack/tools && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
-	@for m in hack/soak hack/loadtest; do \
+	@for m in hack/soak hack/loadtest hack/cluster/e2e; do \
 		(cd $$m && GOWORK=off $(GO) vet ./... && GOWORK=off $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...) || exit 1; \
 	done
 	@echo '==> shellcheck hack/*.sh'
