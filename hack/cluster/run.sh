@@ -95,8 +95,9 @@ build_tools() {
 }
 phase tools build_tools
 
-# A cluster of this directory that is already up is someone's: neither reuse it nor tear it down.
-if [[ -e $CLUSTER_DIR/env ]]; then
+# A cluster of this directory that is already up (or what is left of one: up.sh's record of the host) is
+# someone's: neither reuse it nor tear it down.
+if [[ -e $CLUSTER_DIR/env || -e $CLUSTER_DIR/host ]]; then
 	echo "a cluster from $CLUSTER_DIR is up already (hack/cluster/down.sh tears it down); not touching it" >&2
 	exit 1
 fi
