@@ -123,6 +123,9 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, cond func(
 		}
 		select {
 		case <-ctx.Done():
+			if ctx.Err() == context.Canceled { // the caller gave up (e.g. the upgrade ended), not the deadline
+				return fmt.Errorf("%s: not before it ended (last: %v)", what, last)
+			}
 			if last != nil {
 				return fmt.Errorf("%s: not within %s (last: %v)", what, timeout, last)
 			}
