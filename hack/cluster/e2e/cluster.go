@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -42,6 +43,8 @@ func newCluster(o options) (*cluster, error) {
 		return nil, err
 	}
 	cfg.QPS, cfg.Burst = 50, 100
+	// Listing every kind (the uninstall check) would print a deprecation warning for v1 Endpoints each time.
+	cfg.WarningHandler = rest.NoWarnings{}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -183,6 +186,28 @@ func (c *cluster) readyApp(ctx context.Context) ([]corev1.Pod, error) {
 		}
 	}
 	return out, nil
+}
+
+// awaitAppReady waits until the Deployment's serving pods are all Ready (at least two, hack/cluster/values.yaml's
+// replicaCount): each check starts from, and the faults recover to, a whole release.
+func (c *cluster) awaitAppReady(ctx context.Context) error {
+	return waitFor(ctx, 3*time.Minute, "every serving pod Ready", func() (bool, error) {
+		all, err := c.pods(ctx, c.appSelector())
+		if err != nil {
+			return false, err
+		}
+		n := 0
+		for i := range all {
+			if all[i].DeletionTimestamp != nil {
+				return false, fmt.Errorf("%s is terminating", all[i].Name)
+			}
+			if !ready(&all[i]) {
+				return false, fmt.Errorf("%s is not Ready", all[i].Name)
+			}
+			n++
+		}
+		return n >= 2, nil
+	})
 }
 
 // restarts maps each serving pod (by UID) to its containers' restart count.

@@ -20,6 +20,9 @@ const loadRate = 20
 
 // warmSamples creates a few samples and reads each, and the list, on every serving pod, so they are cached.
 func (c *cluster) warmSamples(ctx context.Context, base, token string, n int) ([]int64, error) {
+	if err := c.awaitAppReady(ctx); err != nil {
+		return nil, err
+	}
 	var ids []int64
 	for i := range n {
 		s, err := c.createSample(ctx, base, token, fmt.Sprintf("fault check %d", i))
@@ -235,6 +238,9 @@ func checkPostgresFault(ctx context.Context, c *cluster) error {
 		}
 		return true, nil
 	}); err != nil {
+		ps = append(ps, err.Error())
+	}
+	if err := c.awaitAppReady(ctx); err != nil {
 		ps = append(ps, err.Error())
 	}
 	logf("recovered %.1fs after Postgres went down", time.Since(down).Seconds())

@@ -14,7 +14,7 @@ import (
 
 // checkUninstall runs `helm uninstall --wait`, then lists every kind of namespaced object in the namespace:
 // what is left must be what the chart documents it keeps (NOTES.txt and the chart README, "Uninstalling":
-// the bundled Postgres' volume claim and its Secret), and those must be there. Kubernetes' own objects of
+// the bundled Postgres' volume claim and its Secret, and the last helm test pod), and those must be there. Kubernetes' own objects of
 // any namespace (the default ServiceAccount, kube-root-ca.crt, Events) are not the chart's.
 func checkUninstall(ctx context.Context, c *cluster) error {
 	if _, err := c.helm(ctx, "uninstall", c.o.release, "--wait", "--timeout", "3m"); err != nil {
@@ -23,6 +23,8 @@ func checkUninstall(ctx context.Context, c *cluster) error {
 	kept := map[string]bool{
 		"PersistentVolumeClaim/data-" + c.postgresName() + "-0": true,
 		"Secret/" + c.postgresName():                            true,
+		// helm test's pod: Helm never deletes a test hook, and the chart keeps it for `helm test --logs`.
+		"Pod/" + c.fullname() + "-test": true,
 	}
 	var left []string
 	err := waitFor(ctx, 2*time.Minute, "only the documented objects left", func() (bool, error) {

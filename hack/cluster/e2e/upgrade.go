@@ -175,17 +175,21 @@ type rolloutWatch struct {
 	jobSucceeded         int32
 	firstPod             time.Time
 	firstPodName, jobErr string
+	watchErr             string
 }
 
 func (c *cluster) watchRollout(ctx context.Context, newImage string) (*rolloutWatch, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &rolloutWatch{job: c.fullname() + "-migrate"}
-	jobs, err := c.cs.BatchV1().Jobs(c.o.namespace).Watch(ctx, metav1.ListOptions{})
+	// ResourceVersion "0": start from the API server's watch cache as it is, with an ADDED event for each
+	// object. An empty one asks for a fresh start, which this cluster's etcd (3.4, no progress notifications
+	// to tell the cache it is current) answers only after a timeout, with an error event.
+	jobs, err := c.cs.BatchV1().Jobs(c.o.namespace).Watch(ctx, metav1.ListOptions{ResourceVersion: "0"})
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	pods, err := c.cs.CoreV1().Pods(c.o.namespace).Watch(ctx, metav1.ListOptions{LabelSelector: c.appSelector()})
+	pods, err := c.cs.CoreV1().Pods(c.o.namespace).Watch(ctx, metav1.ListOptions{LabelSelector: c.appSelector(), ResourceVersion: "0"})
 	if err != nil {
 		cancel()
 		return nil, err
@@ -193,6 +197,11 @@ func (c *cluster) watchRollout(ctx context.Context, newImage string) (*rolloutWa
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for ev := range jobs.ResultChan() {
+			if ev.Type == watch.Error {
+				w.mu.Lock()
+				w.watchErr = fmt.Sprintf("watching Jobs: %v", ev.Object)
+				w.mu.Unlock()
+			}
 			j, ok := ev.Object.(*batchv1.Job)
 			if !ok || j.Name != w.job || ev.Type == watch.Deleted {
 				continue
@@ -214,6 +223,11 @@ func (c *cluster) watchRollout(ctx context.Context, newImage string) (*rolloutWa
 	})
 	wg.Go(func() {
 		for ev := range pods.ResultChan() {
+			if ev.Type == watch.Error {
+				w.mu.Lock()
+				w.watchErr = fmt.Sprintf("watching pods: %v", ev.Object)
+				w.mu.Unlock()
+			}
 			p, ok := ev.Object.(*corev1.Pod)
 			if !ok || p.Spec.Containers[0].Image != newImage {
 				continue
@@ -235,6 +249,8 @@ func (w *rolloutWatch) migrationFirst() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch {
+	case w.watchErr != "":
+		return []string{w.watchErr}
 	case w.jobErr != "":
 		return []string{fmt.Sprintf("migration Job %s failed: %s", w.job, w.jobErr)}
 	case w.jobDone.IsZero():
