@@ -18,7 +18,7 @@ STATICCHECK_VERSION := v0.8.2
 ARGS ?=
 # Every Go module of the repository: the service's, and the tools' that keep their dependencies
 # out of it.
-GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools hack/cluster/e2e
+GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools hack/tools/kubescore hack/cluster/imagebuild hack/cluster/otelcol hack/cluster/e2e
 
 .PHONY: help run test test-go soak chart-test ci-check e2e-cluster kind-up kind-down lint build tidy clean loadtest bench
 
@@ -39,11 +39,12 @@ test-go: ## The Go tests: the service's (-race) against throwaway Postgres, Redi
 	time $(GO) run ./hack/dev test $(ARGS)
 	time (cd hack/soak && GOWORK=off $(GO) test -count=1 -timeout 20m ./...)
 	time (cd hack/loadtest && GOWORK=off $(GO) test -count=1 ./...)
+	time (cd hack/cluster/imagebuild && GOWORK=off $(GO) test -count=1 ./...)
 
 soak: ## The checked soak under faults: two services, chaos, porcupine (ARGS e.g. -d 10m -near-cache -seed N)
 	cd hack/soak && GOWORK=off $(GO) run . $(ARGS)
 
-chart-test: ## Helm chart and Dockerfile checks, no cluster or Docker needed (ARGS go to go test)
+chart-test: ## Helm chart and Dockerfile checks (helm lint, kubeconform, kube-score, charts/tests), no cluster or Docker needed (ARGS go to go test)
 	bash hack/chart-test.sh $(ARGS)
 
 ci-check: ## Workflows (actionlint), scripts (shellcheck), k8s/ manifests, the kind config and versions; no cluster needed
@@ -77,11 +78,12 @@ lint: ## gofmt, go mod tidy -diff in every module, go vet, staticcheck, shellche
 	@echo '==> go vet and staticcheck in the tool modules'
 	@(cd charts/tests && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
 	@(cd hack/tools && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
-	@for m in hack/soak hack/loadtest hack/cluster/e2e; do \
+	@for m in hack/soak hack/loadtest hack/cluster/imagebuild hack/cluster/otelcol hack/cluster/e2e; do \
 		(cd $$m && GOWORK=off $(GO) vet ./... && GOWORK=off $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...) || exit 1; \
 	done
-	@echo '==> shellcheck hack/*.sh'
-	@shellcheck -x hack/*.sh
+	@echo '==> shellcheck hack/*.sh hack/cluster/'
+	@shellcheck -x hack/*.sh hack/cluster/*.sh
+	@shellcheck -s sh hack/cluster/images/*/*.sh
 	@echo '==> govulncheck ./... (fails on a reachable vulnerability; see hack/vulncheck.sh)'
 	@bash hack/vulncheck.sh
 

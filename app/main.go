@@ -155,6 +155,8 @@ func serve(ctx context.Context, svc *service.Service, tel *telemetry.Telemetry) 
 		svc.Log.Warn("API_AUTH_DISABLED=true: POST, PUT and DELETE are served to anyone without a token; for local development only, never in a deployment")
 	}
 	svc.Follow()
+	// From SIGTERM on, a probe that still reaches /readyz is told 503 (the listener closes at once too).
+	defer context.AfterFunc(ctx, svc.Drain)()
 	return httpapi.Serve(ctx, svc.Log, svc.ServerOptions(), svc.Handler(), svc.AdminHandler(tel.Metrics))
 }
 

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,12 +22,15 @@ import (
 	"github.com/cacheside/cacheside/app/internal/testenv"
 )
 
-// binary is the real cacheside, built once for this package's tests.
+// binary is the real cacheside, built with -race on the first call only: a -run that selects
+// none of this package's tests (go test -run X ./app/...) pays nothing for it. Once also makes it
+// one build for every test under -count and -parallel.
 var binary = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "cacheside-bin-")
 	if err != nil {
 		return "", err
 	}
+	binDir.Store(&dir) // removed by TestMain, built or not
 	bin := filepath.Join(dir, "cacheside")
 	out, err := exec.Command("go", "build", "-race", "-o", bin, ".").CombinedOutput()
 	if err != nil {
@@ -35,10 +39,14 @@ var binary = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
+// binDir is binary's folder once a test has asked for it; nil while none has.
+var binDir atomic.Pointer[string]
+
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if bin, err := binary(); err == nil {
-		os.RemoveAll(filepath.Dir(bin))
+	// Not binary(): asking for it here would build it after the tests, even when none ran.
+	if dir := binDir.Load(); dir != nil {
+		os.RemoveAll(*dir)
 	}
 	os.Exit(code)
 }

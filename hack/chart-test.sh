@@ -2,13 +2,15 @@
 # hack/chart-test.sh: check the Helm chart (charts/cacheside) and the Dockerfile, with no cluster, no
 # Docker and nothing but Go and the Go module proxy.
 #
-#   1. build helm, kubeconform, helm-docs and k8sjsonschema from hack/tools into .run/bin (versions pinned
-#      in hack/tools/go.mod; go build relinks only what changed);
+#   1. build helm, kubeconform, helm-docs and k8sjsonschema from hack/tools, and kube-score from
+#      hack/tools/kubescore, into .run/bin (versions pinned in their go.mod; go build relinks only what changed);
 #   2. write kubeconform's JSON schemas offline into .run/kubeconform/: Kubernetes' from the OpenAPI spec
 #      in the k8s.io/kubernetes module matching hack/tools' k8s.io/api (v0.X.Y is Kubernetes v1.X.Y), the
 #      ServiceMonitor's from the prometheus-operator module's CRD;
 #   3. helm lint --strict, and helm template | kubeconform -strict, for the defaults and each
-#      ci/*-values.yaml; helm dependency build on a copy (offline, lock in sync);
+#      ci/*-values.yaml; and kube-score on each (rendered as an upgrade, so the pre-upgrade migration Job is
+#      scored too): it fails on a CRITICAL that is neither fixed nor ignored on its object with a reason (the
+#      kube-score/ignore annotation); helm dependency build on a copy (offline, lock in sync);
 #   4. the chart READMEs are what helm-docs makes of values.yaml (run `hack/chart-test.sh docs` to
 #      regenerate them);
 #   5. go vet and go test in charts/tests: the chart rendered with the Helm SDK and decoded strictly,
@@ -46,7 +48,7 @@ module_dir() {
 
 # charts/tests reaches the service's go.mod through its replace directive: a dependency the service adds
 # can change what charts/tests needs, and a stale go.sum would fail below with a less helpful message.
-for module in hack/tools charts/tests; do
+for module in hack/tools hack/tools/kubescore charts/tests; do
 	if ! (cd "$module" && go mod tidy -diff >"$tmp/tidy.diff" 2>&1); then
 		cat "$tmp/tidy.diff" >&2
 		log "$module/go.mod or go.sum is out of date: run (cd $module && go mod tidy)"
@@ -57,6 +59,7 @@ done
 log "building tools from hack/tools into .run/bin"
 mkdir -p "$bin"
 (cd hack/tools && go build -o "$bin/" tool ./k8sjsonschema)
+(cd hack/tools/kubescore && go build -o "$bin/" tool)
 
 if [[ ${1:-} == docs ]]; then
 	log "regenerating the chart READMEs with helm-docs"
@@ -76,6 +79,30 @@ if [[ ! -s $schemas/deployment-apps-v1.json || $bin/k8sjsonschema -nt $schemas/d
 		-crd "$operator/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
 		-out "$schemas"
 fi
+
+# kube_score NAME HELM_ARGS...: kube-score on the chart rendered as an upgrade (the pre-upgrade migration Job
+# included), printing what is not OK; fails on any CRITICAL. Each one is fixed in the chart, or ignored on its
+# object by a kube-score/ignore annotation next to a comment saying why. One check is off for the whole run:
+# --ignore-container-cpu-limit. A CPU limit is a CFS quota that throttles a container even on an idle node (Postgres
+# mid-query, Redis's single thread, which the cache's 250 ms budget per call turns into bypasses); requests already
+# share the CPU under contention. Only the app keeps a limit, because GOMAXPROCS follows it. Ignoring
+# container-resources on the objects instead would also silence missing memory and ephemeral-storage limits.
+kube_score() {
+	local name=$1
+	shift
+	log "$name: kube-score"
+	"$bin/helm" template demo "$chart" --namespace demo --is-upgrade "$@" \
+		--set postgresql.auth.password=offline-render,redis.auth.password=offline-render \
+		--set 'auth.tokens={offline-render-api-token}' >"$tmp/upgrade.yaml"
+	local status=0
+	"$bin/kube-score" score --output-format ci --kubernetes-version "${kube_version%.*}" \
+		--ignore-container-cpu-limit "$tmp/upgrade.yaml" >"$tmp/kube-score.txt" || status=$?
+	grep -E '^\[(CRITICAL|WARNING)\]' "$tmp/kube-score.txt" || true
+	if ((status != 0)); then
+		log "$name: kube-score found a CRITICAL above (exit $status): fix it, or ignore it on the object with kube-score/ignore and a comment saying why"
+		return 1
+	fi
+}
 
 log "helm lint --strict"
 "$bin/helm" lint --strict --quiet --with-subcharts "$chart"
@@ -100,6 +127,7 @@ for values in "" "${values_files[@]}"; do
 		-kubernetes-version "${kube_version#v}" \
 		-schema-location "$schemas/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
 		"$tmp/manifest.yaml"
+	kube_score "$name" "${args[@]}"
 done
 
 log "helm dependency build, offline, on a copy"

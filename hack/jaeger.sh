@@ -96,7 +96,9 @@ cmd_build() {
   # never leave a partial file that the -x check above would accept.
   BUILD_TMP=$(mktemp "$BIN_DIR/.jaeger-build.XXXXXX")
   trap 'rm -f "$BUILD_TMP"' EXIT
-  go_tools build -o "$BUILD_TMP" -ldflags "\
+  # Static (CGO off) like the official image's binary, so one build serves the tests, `make run` and
+  # the in-cluster image (hack/cluster/images.sh): a cold Jaeger build costs minutes, twice would hurt.
+  CGO_ENABLED=0 go_tools build -o "$BUILD_TMP" -ldflags "\
 -X $JAEGER_MODULE/internal/version.latestVersion=${v2:-$version} \
 -X $JAEGER_MODULE/internal/version.commitSHA=module-$version \
 -X $JAEGER_MODULE/internal/version.date=$date" \

@@ -527,17 +527,21 @@ func (c *Cache) maybeRefresh(ctx context.Context, k Key, load Loader, v view.Vie
 	if float64(left) > -beta*float64(v.LoadTime)*math.Log(1-rand.Float64()) { // 1-rand: in (0, 1]
 		return
 	}
-	c.refresh(ctx, k, load, v.Expires)
+	c.refresh(ctx, k, load, v, left)
 }
 
 // refresh reloads k in the background, at most once at a time per key in this process, while
 // reads go on being served the current value. It is a miss in all but timing: it reads the
 // current generation first and stores under it, through the same shared load, so a write that
 // retires that generation meanwhile makes the refreshed value count for nothing, as it would a
-// miss's. A value that expires later than expires is already someone's refresh (another
-// replica's): nothing to do. The refresh runs in a trace of its own, linked to the read that
-// triggered it.
-func (c *Cache) refresh(ctx context.Context, k Key, load Loader, expires time.Time) {
+// miss's. A value that expires later than v is already someone's refresh (another replica's):
+// nothing to do.
+//
+// The refresh runs in a trace of its own (it outlives the read), linked to the span of the read
+// that triggered it; that span's cache.early_refresh event names the refresh's trace in turn, so
+// a reader can go either way (a link is visible only from the span that holds it). The refresh
+// span records why XFetch fired: the time v had left and its load time (delta).
+func (c *Cache) refresh(ctx context.Context, k Key, load Loader, v view.View, left time.Duration) {
 	if c.pending.has(k) {
 		return // reads of k bypass the cache until its retirement is confirmed
 	}
@@ -553,15 +557,25 @@ func (c *Cache) refresh(ctx context.Context, k Key, load Loader, expires time.Ti
 	}
 	c.refreshesDone.Add(1)
 	c.refreshMu.Unlock()
-	trace.SpanFromContext(ctx).AddEvent("cache.early_refresh")
 	plain := view.WantsPlain(ctx) // a read that did not take gzip: its plain copy is refreshed too
 	link := trace.LinkFromContext(ctx, attribute.String("cache.link", "triggered the early refresh"))
+	rctx, span := c.tracer.Start(context.Background(), "cache.refresh "+k.Space, trace.WithNewRoot(), trace.WithLinks(link),
+		trace.WithAttributes(
+			attribute.String("cache.key", c.valKey(Key{Space: k.Space, ID: "*"})),
+			attribute.Float64("cache.ttl_left_ms", float64(left)/float64(time.Millisecond)),
+			attribute.Float64("cache.load_time_ms", float64(v.LoadTime)/float64(time.Millisecond)), // XFetch's delta
+		))
+	var event []attribute.KeyValue
+	if sc := span.SpanContext(); sc.IsValid() {
+		event = append(event, attribute.String("cache.refresh.trace_id", sc.TraceID().String()))
+	}
+	trace.SpanFromContext(ctx).AddEvent("cache.early_refresh", trace.WithAttributes(event...))
+	expires := v.Expires
 	go func() {
 		defer c.refreshesDone.Done()
 		defer c.refreshing.Delete(vk)
-		ctx, span := c.tracer.Start(context.Background(), "cache.refresh "+k.Space, trace.WithNewRoot(), trace.WithLinks(link),
-			trace.WithAttributes(attribute.String("cache.key", c.valKey(Key{Space: k.Space, ID: "*"}))))
 		defer span.End()
+		ctx := rctx // the refresh's own trace, not the read's
 		var version uint64
 		if c.near != nil {
 			version = c.near.version(vk)

@@ -28,9 +28,10 @@ type traceResponse struct {
 type kv struct {
 	Key   string `json:"key"`
 	Value struct {
-		StringValue *string `json:"stringValue"`
-		BoolValue   *bool   `json:"boolValue"`
-		IntValue    *string `json:"intValue"`
+		StringValue *string  `json:"stringValue"`
+		BoolValue   *bool    `json:"boolValue"`
+		IntValue    *string  `json:"intValue"`
+		DoubleValue *float64 `json:"doubleValue"`
 	} `json:"value"`
 }
 
@@ -42,25 +43,38 @@ func (a kv) String() string {
 		return fmt.Sprint(*a.Value.BoolValue)
 	case a.Value.IntValue != nil:
 		return *a.Value.IntValue
+	case a.Value.DoubleValue != nil:
+		return fmt.Sprint(*a.Value.DoubleValue)
 	}
 	return ""
 }
 
 type span struct {
-	TraceID      string `json:"traceId"`
-	SpanID       string `json:"spanId"`
-	ParentSpanID string `json:"parentSpanId"`
-	Name         string `json:"name"`
-	Kind         int    `json:"kind"`
-	Start        string `json:"startTimeUnixNano"`
-	End          string `json:"endTimeUnixNano"`
-	Attributes   []kv   `json:"attributes"`
-	Events       []struct {
-		Name string `json:"name"`
-	} `json:"events"`
-	Status struct {
+	TraceID      string  `json:"traceId"`
+	SpanID       string  `json:"spanId"`
+	ParentSpanID string  `json:"parentSpanId"`
+	Name         string  `json:"name"`
+	Kind         int     `json:"kind"`
+	Start        string  `json:"startTimeUnixNano"`
+	End          string  `json:"endTimeUnixNano"`
+	Attributes   []kv    `json:"attributes"`
+	Events       []event `json:"events"`
+	Links        []link  `json:"links"`
+	Status       struct {
 		Code int `json:"code"`
 	} `json:"status"`
+}
+
+type event struct {
+	Name       string `json:"name"`
+	Attributes []kv   `json:"attributes"`
+}
+
+// link points from a span to a span of another trace (or of the same one).
+type link struct {
+	TraceID    string `json:"traceId"`
+	SpanID     string `json:"spanId"`
+	Attributes []kv   `json:"attributes"`
 }
 
 const (
@@ -68,8 +82,10 @@ const (
 	statusError = 2
 )
 
-func (s span) attr(key string) (string, bool) {
-	for _, a := range s.Attributes {
+func (s span) attr(key string) (string, bool) { return attrOf(s.Attributes, key) }
+
+func attrOf(attrs []kv, key string) (string, bool) {
+	for _, a := range attrs {
 		if a.Key == key {
 			return a.String(), true
 		}
@@ -78,11 +94,28 @@ func (s span) attr(key string) (string, bool) {
 }
 
 func (s span) hasEvent(name string) bool {
-	return slices.ContainsFunc(s.Events, func(e struct {
-		Name string `json:"name"`
-	}) bool {
-		return e.Name == name
-	})
+	_, ok := s.event(name)
+	return ok
+}
+
+// event returns the span's first event called name.
+func (s span) event(name string) (event, bool) {
+	i := slices.IndexFunc(s.Events, func(e event) bool { return e.Name == name })
+	if i < 0 {
+		return event{}, false
+	}
+	return s.Events[i], true
+}
+
+// linksTo returns the span's links to the span id of trace traceID.
+func (s span) linksTo(traceID, id string) []link {
+	var out []link
+	for _, l := range s.Links {
+		if l.TraceID == traceID && l.SpanID == id {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // trace is one trace's spans with helpers to walk the tree.

@@ -250,31 +250,3 @@ func truncate(s string, n int) string {
 func (h handlers) healthz(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"status": "ok"})
 }
-
-type readiness struct {
-	Status string         `json:"status"`
-	Checks map[string]any `json:"checks"`
-}
-
-// readyz is ready when Postgres answers. Redis is reported but never makes the pod unready: the
-// service still answers (from Postgres) without it, and pulling every pod out of a Service
-// because a shared Redis is down would turn a slowdown into an outage.
-func (h handlers) readyz(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
-	defer cancel()
-	// Both at once: a hung Postgres using up the budget must not make Redis look down.
-	redis := make(chan any, 1)
-	go func() { redis <- h.Health.Redis(ctx) }()
-	pg := map[string]string{"status": "up"}
-	status, code := "ready", http.StatusOK
-	if err := h.Health.Postgres(ctx); err != nil {
-		pg = map[string]string{"status": "down", "error": "postgres is not reachable"}
-		status, code = "not ready", http.StatusServiceUnavailable
-		h.Log.WarnContext(ctx, "readiness: postgres down", "err", err)
-	}
-	c.JSON(code, readiness{Status: status, Checks: map[string]any{
-		"postgres":    pg,
-		"redis":       <-redis,
-		"replication": h.Health.Replication(),
-	}})
-}

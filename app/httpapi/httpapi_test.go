@@ -436,9 +436,9 @@ func TestAFailedRequestIsLoggedOnce(t *testing.T) {
 // readyHealth reports every dependency up.
 type readyHealth struct{}
 
-func (readyHealth) Postgres(context.Context) error { return nil }
-func (readyHealth) Redis(context.Context) any      { return map[string]string{"status": "up"} }
-func (readyHealth) Replication() any               { return map[string]string{"role": "off"} }
+func (readyHealth) Postgres(context.Context) error     { return nil }
+func (readyHealth) Redis(context.Context) (any, error) { return map[string]string{"status": "up"}, nil }
+func (readyHealth) Replication() any                   { return map[string]string{"role": "off"} }
 
 // stallUntilGone is a pgx tracer that holds a query, before it is sent, until the request that
 // issued it has gone away.
@@ -587,10 +587,16 @@ func TestRedisDownTheServiceStillAnswersFromPostgres(t *testing.T) {
 	}
 }
 
-func TestPostgresDownIsA503AndNotReadyUntilItReturns(t *testing.T) {
+// TestPostgresDownIsA503ButTheReplicaStaysReady: what needs Postgres is 503 with Retry-After;
+// /readyz stays 200 (Postgres answered it once: the outage is every replica's, and the cached
+// views are still served) and says Postgres is down; /healthz is untouched.
+func TestPostgresDownIsA503ButTheReplicaStaysReady(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	e := start(t, setup{databaseURL: testenv.CreateDatabase(t, pg.AdminURL())})
 	e.create(t, "before the outage")
+	if r := e.get(t, "/readyz"); r.status != 200 { // as the kubelet's probes do before any traffic
+		t.Fatalf("/readyz before the outage: %d %s", r.status, r.body)
+	}
 	pg.Stop()
 
 	for _, tc := range []struct{ method, path, body string }{
@@ -603,8 +609,8 @@ func TestPostgresDownIsA503AndNotReadyUntilItReturns(t *testing.T) {
 			t.Errorf("%s %s with Postgres down: %d Retry-After=%q %s", tc.method, tc.path, r.status, r.header.Get("Retry-After"), r.body)
 		}
 	}
-	if r := e.get(t, "/readyz"); r.status != 503 {
-		t.Errorf("/readyz with Postgres down: %d %s", r.status, r.body)
+	if r := e.get(t, "/readyz"); r.status != 200 || !strings.Contains(string(r.body), `"postgres":{"status":"down"`) {
+		t.Errorf("/readyz with Postgres down: %d %s, want 200 saying postgres is down", r.status, r.body)
 	}
 	if r := e.get(t, "/healthz"); r.status != 200 {
 		t.Errorf("/healthz must not depend on Postgres: %d", r.status)
@@ -612,8 +618,8 @@ func TestPostgresDownIsA503AndNotReadyUntilItReturns(t *testing.T) {
 
 	pg.Start()
 	testenv.Eventually(t, 30*time.Second, func() error {
-		if r := e.get(t, "/readyz"); r.status != 200 {
-			return fmt.Errorf("/readyz %d", r.status)
+		if r := e.get(t, "/readyz"); r.status != 200 || !strings.Contains(string(r.body), `"postgres":{"status":"up"`) {
+			return fmt.Errorf("/readyz %d %s", r.status, r.body)
 		}
 		return nil
 	})
@@ -683,15 +689,56 @@ func TestAWriteOnAConnectionPostgresClosedGoesThrough(t *testing.T) {
 }
 
 // TestAHungPostgresDoesNotMakeRedisLookDown: /readyz checks both within one budget; Postgres
-// frozen uses all of it, and Redis must still be reported as it is (up), not as down.
+// frozen uses all of it, and Redis must still be reported as it is (up), not as down. Postgres
+// never answered this replica, so it is not ready yet.
 func TestAHungPostgresDoesNotMakeRedisLookDown(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	e := start(t, setup{databaseURL: testenv.CreateDatabase(t, pg.AdminURL())})
 	pg.Pause()
 	defer pg.Resume()
 	r := e.get(t, "/readyz")
-	if r.status != 503 || !strings.Contains(string(r.body), `"redis":{"status":"up"`) {
-		t.Errorf("/readyz with Postgres frozen: %d %s, want 503 with Redis up", r.status, r.body)
+	if r.status != 503 || !strings.Contains(string(r.body), `"redis":{"status":"up"`) || !strings.Contains(string(r.body), `"postgres":{"status":"down"`) {
+		t.Errorf("/readyz with Postgres frozen from the start: %d %s, want 503 with Redis up", r.status, r.body)
+	}
+}
+
+// TestAHungPostgresAfterStartLeavesTheReplicaReadyWithinTheProbesTimeout: a Postgres that stops
+// answering without refusing (its pod deleted under the pool's open connections, a partition)
+// must be reported down within ReadinessBudget, well inside the readiness probe's timeout (2 s in
+// the chart): a probe that times out counts as unready whatever the body would have said.
+func TestAHungPostgresAfterStartLeavesTheReplicaReadyWithinTheProbesTimeout(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	e := start(t, setup{databaseURL: testenv.CreateDatabase(t, pg.AdminURL())})
+	if r := e.get(t, "/readyz"); r.status != 200 {
+		t.Fatalf("/readyz before the outage: %d %s", r.status, r.body)
+	}
+	pg.Pause()
+	defer pg.Resume()
+	began := time.Now()
+	r := e.get(t, "/readyz")
+	took := time.Since(began)
+	if r.status != 200 || !strings.Contains(string(r.body), `"postgres":{"status":"down"`) {
+		t.Errorf("/readyz with Postgres frozen after start: %d %s, want 200 saying postgres is down", r.status, r.body)
+	}
+	if took > httpapi.ReadinessBudget+500*time.Millisecond {
+		t.Errorf("/readyz took %s with Postgres frozen, want about ReadinessBudget (%s): the chart's probe gives up at 2s", took, httpapi.ReadinessBudget)
+	}
+}
+
+// TestAReplicaShuttingDownIsNotReady: from SIGTERM on (Drain), a probe that still reaches the
+// replica is told 503, whatever its dependencies say, so nothing new is routed to it.
+func TestAReplicaShuttingDownIsNotReady(t *testing.T) {
+	e := start(t, setup{})
+	if r := e.get(t, "/readyz"); r.status != 200 {
+		t.Fatalf("/readyz before shutting down: %d %s", r.status, r.body)
+	}
+	e.svc.Drain()
+	r := e.get(t, "/readyz")
+	if r.status != 503 || !strings.Contains(string(r.body), `"reason":"shutting down"`) || !strings.Contains(string(r.body), `"postgres":{"status":"up"`) {
+		t.Errorf("/readyz while shutting down: %d %s, want 503 shutting down (with postgres up)", r.status, r.body)
+	}
+	if r := e.get(t, "/healthz"); r.status != 200 {
+		t.Errorf("/healthz while shutting down: %d, want 200 (draining is not dying)", r.status)
 	}
 }
 

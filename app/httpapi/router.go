@@ -30,13 +30,14 @@ type Writer interface {
 	Delete(ctx context.Context, id int64) error
 }
 
-// Health reports on the service's dependencies for /readyz.
+// Health reports on the service's dependencies for /readyz (readiness.go).
 type Health interface {
-	// Postgres is nil when Postgres answers; readiness depends on it.
+	// Postgres is nil when Postgres answers. The replica is unready until it has answered once;
+	// after that an outage is reported, never a reason to be unready.
 	Postgres(ctx context.Context) error
-	// Redis describes Redis's state as JSON; it never makes the service unready: the service
-	// still answers (from Postgres) without it.
-	Redis(ctx context.Context) any
+	// Redis describes Redis's state as JSON, and is nil when Redis answers; it never makes the
+	// service unready: the service still answers (from Postgres) without it.
+	Redis(ctx context.Context) (any, error)
 	// Replication describes the follower of Postgres's replication stream; never unready.
 	Replication() any
 }
@@ -52,6 +53,9 @@ type Deps struct {
 		Writer
 	}
 	Health Health
+	// Stopping is closed once the process is shutting down: /readyz answers 503 from then on.
+	// Nil: never.
+	Stopping <-chan struct{}
 	// MaxBodyBytes bounds request bodies (413 above).
 	MaxBodyBytes int64
 	// RetryAfter is suggested to clients when the database is unavailable.
@@ -108,7 +112,7 @@ func NewRouter(d Deps) *gin.Engine {
 		r.HEAD(path, handler)
 	}
 	read("/healthz", h.healthz)
-	read("/readyz", h.readyz)
+	read("/readyz", newReadiness(d.Health, d.Log, d.Stopping).handle)
 	read("/sample", handle(h.list(d.Direct, noStore)))
 	read("/cache", handle(h.list(d.Cached, d.ListCaching.header())))
 	read("/samples/:id", handle(h.get))

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/exaring/otelpgx"
@@ -49,6 +50,8 @@ type Service struct {
 
 	stopFollowing context.CancelFunc
 	followerDone  chan struct{}
+	stopping      chan struct{} // closed by Drain
+	drainOnce     sync.Once
 }
 
 // Open returns the assembled service without waiting for its dependencies: the pools dial in
@@ -92,6 +95,7 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, e
 	s := &Service{
 		Config: cfg, Log: log, Pool: pool, Redis: rdb, Cache: c,
 		Samples: db, Cached: samples.NewCachedStore(db, c, LateWriteBound(cfg)),
+		stopping: make(chan struct{}),
 	}
 	if cfg.ReplicationEnabled {
 		s.Follower = replication.New(replication.Options{
@@ -194,6 +198,7 @@ func (s *Service) Handler() http.Handler {
 		Direct:       s.Samples,
 		Cached:       s.Cached,
 		Health:       health{s},
+		Stopping:     s.stopping,
 		MaxBodyBytes: s.Config.HTTPMaxBodyBytes,
 		RetryAfter:   s.Config.HTTPRetryAfter,
 		Auth:         Auth(s.Config),
@@ -247,10 +252,21 @@ func (s *Service) ServerOptions() httpapi.ServerOptions {
 	}
 }
 
-// health is what /readyz reports: Postgres decides readiness, Redis is described.
+// Drain marks the service as shutting down: /readyz answers 503 from then on, to the probes that
+// still reach it before the listener closes. The serving process calls it on SIGTERM; Close too.
+func (s *Service) Drain() { s.drainOnce.Do(func() { close(s.stopping) }) }
+
+// health is what /readyz reports on: Postgres, whose first answer makes the replica ready, and
+// Redis, described.
 type health struct{ s *Service }
 
-func (h health) Redis(ctx context.Context) any { return h.s.Cache.Health(ctx) }
+func (h health) Redis(ctx context.Context) (any, error) {
+	rh := h.s.Cache.Health(ctx)
+	if rh.Status != "up" {
+		return rh, errors.New(rh.Error)
+	}
+	return rh, nil
+}
 
 // Postgres pings through the pool, unless every pooled connection is busy serving requests (a
 // slow query, a held lock, the in-flight bound reached): waiting for one would report a busy
@@ -279,6 +295,7 @@ func (h health) Replication() any {
 // Close stops the cache, delivering what invalidations are pending until ctx ends, then closes
 // the Redis client and the Postgres pool.
 func (s *Service) Close(ctx context.Context) {
+	s.Drain()
 	if s.stopFollowing != nil { // it retires through the cache: stopped first
 		s.stopFollowing()
 		select {

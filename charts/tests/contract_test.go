@@ -456,8 +456,10 @@ func TestTheContainerListensWhereTheServiceDoes(t *testing.T) {
 	if diff := cmp.Diff(want, c.Ports); diff != "" {
 		t.Errorf("container ports (-want +got):\n%s", diff)
 	}
-	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
-		wantPath := map[string]string{"liveness": "/healthz", "readiness": "/readyz"}[name]
+	// Readiness on /readyz (ready once Postgres answered, through outages after); liveness and the startup probe
+	// on /healthz, which never depends on Postgres or Redis, so an outage restarts nothing.
+	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe, "startup": c.StartupProbe} {
+		wantPath := map[string]string{"liveness": "/healthz", "readiness": "/readyz", "startup": "/healthz"}[name]
 		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != wantPath || p.HTTPGet.Port.String() != "http" {
 			t.Errorf("%s probe = %+v, want GET %s on port http", name, p, wantPath)
 		}

@@ -103,8 +103,8 @@ func TestTheEscapeHatchesReachThePods(t *testing.T) {
 		if d.Annotations["reloader.stakater.com/auto"] != "true" {
 			t.Errorf("Deployment annotations = %v", d.Annotations)
 		}
-		if container(t, appDeployment(t, render(t, "")).Spec.Template.Spec, "cacheside").StartupProbe != nil {
-			t.Error("the defaults have a startup probe")
+		if p := container(t, appDeployment(t, render(t, "", "startupProbe=null")).Spec.Template.Spec, "cacheside").StartupProbe; p != nil {
+			t.Errorf("startupProbe=null leaves a startup probe: %+v", p)
 		}
 	})
 

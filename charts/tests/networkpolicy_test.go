@@ -3,9 +3,12 @@ package chart_test
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -103,9 +106,10 @@ func peerSelects(t *testing.T, sel *metav1.LabelSelector, lbls map[string]string
 	return s.Matches(labels.Set(lbls))
 }
 
+// networkPolicy is the app's NetworkPolicy (the bundled Postgres and Redis and the test pod have their own).
 func networkPolicy(t *testing.T, m manifest) *networkingv1.NetworkPolicy {
 	t.Helper()
-	return only(t, m, func(*networkingv1.NetworkPolicy) bool { return true })
+	return only(t, m, func(np *networkingv1.NetworkPolicy) bool { return np.Name == releaseName+"-cacheside" })
 }
 
 var (
@@ -249,5 +253,68 @@ func TestTheNetworkPolicyOpensThePortTheOTLPExporterDials(t *testing.T) {
 				t.Errorf("egress ports %v lack %d", ports, tc.want)
 			}
 		})
+	}
+}
+
+// The bundled Postgres and Redis admit their clients alone: the app's pods (whose init containers also migrate
+// and keep the app's role in step) and the pre-upgrade migration Job's, of this release; not the helm test pod,
+// another workload of the namespace, another release's app, nor the same labels in another namespace. Neither
+// opens a connection of its own, so neither may send any.
+func TestTheBundledPostgresAndRedisAdmitOnlyTheAppAndTheMigration(t *testing.T) {
+	m := renderUpgrade(t, "", "postgresql.networkPolicy.extraIngressFrom[0].podSelector.matchLabels.app=pg-backup")
+	app := appDeployment(t, m).Spec.Template.Labels
+	job := only(t, m, func(j *batchv1.Job) bool { return component("migration")(j) }).Spec.Template.Labels
+	test := only(t, m, func(p *corev1.Pod) bool { return component("test")(p) }).Labels
+	otherRelease := map[string]string{}
+	for k, v := range app {
+		otherRelease[k] = strings.ReplaceAll(v, releaseName, "other")
+	}
+	for _, tc := range []struct {
+		policy, port string
+		extra        map[string]source
+	}{
+		{releaseName + "-postgresql", "postgres", map[string]source{"the backup job given in extraIngressFrom": podIn(namespace, map[string]string{"app": "pg-backup"})}},
+		{releaseName + "-redis", "redis", nil},
+	} {
+		t.Run(tc.policy, func(t *testing.T) {
+			np := only(t, m, func(np *networkingv1.NetworkPolicy) bool { return np.Name == tc.policy })
+			admitted := map[string]source{
+				"the app's pods":           podIn(namespace, app),
+				"the migration Job's pods": podIn(namespace, job),
+			}
+			for name, src := range tc.extra {
+				admitted[name] = src
+			}
+			for name, src := range admitted {
+				if !admitsOn(t, np, tc.port, src) {
+					t.Errorf("%s cannot reach port %s", name, tc.port)
+				}
+			}
+			for name, src := range map[string]source{
+				"helm test's pod":                       podIn(namespace, test),
+				"another pod of the namespace":          podIn(namespace, map[string]string{"app": "curl"}),
+				"another release's app":                 podIn(namespace, otherRelease),
+				"the app's labels in another namespace": podIn("other-team", app),
+				"a node's address":                      nodeAddress,
+			} {
+				if admitsOn(t, np, tc.port, src) {
+					t.Errorf("%s reaches port %s", name, tc.port)
+				}
+			}
+			if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) || len(np.Spec.Egress) != 0 {
+				t.Errorf("egress: policyTypes %v, rules %v; want Egress with no rule (nothing goes out)", np.Spec.PolicyTypes, np.Spec.Egress)
+			}
+		})
+	}
+	if np := all(m, func(np *networkingv1.NetworkPolicy) bool {
+		return np.Name == releaseName+"-postgresql" || np.Name == releaseName+"-redis"
+	}); len(np) != 2 {
+		t.Fatalf("%d NetworkPolicies of the bundled services, want 2", len(np))
+	}
+	off := render(t, "", "postgresql.networkPolicy.enabled=false", "redis.networkPolicy.enabled=false")
+	if np := all(off, func(np *networkingv1.NetworkPolicy) bool {
+		return np.Name == releaseName+"-postgresql" || np.Name == releaseName+"-redis"
+	}); len(np) != 0 {
+		t.Errorf("networkPolicy.enabled=false in the subcharts still renders %d of their policies", len(np))
 	}
 }

@@ -208,15 +208,34 @@ func TestSelectorsPickExactlyTheirPods(t *testing.T) {
 			}
 		})
 
-		t.Run(file+": the NetworkPolicy covers the app and migration pods, not the test client", func(t *testing.T) {
-			for _, np := range all[*networkingv1.NetworkPolicy](m, nil) {
-				got := podsSelectedBy(&np.Spec.PodSelector)
-				want := []string{appOwner}
+		t.Run(file+": each NetworkPolicy covers its own pods: the app's the app and migration pods, the others one workload each, and every pod has one", func(t *testing.T) {
+			want := map[string][]string{}
+			if policies := all[*networkingv1.NetworkPolicy](m, nil); len(policies) > 0 {
+				want[releaseName+"-cacheside"] = []string{appOwner}
 				for _, j := range all(m, func(j *batchv1.Job) bool { return component("migration")(j) }) {
-					want = append(want, fmt.Sprintf("%T %s", j, j.Name))
+					want[releaseName+"-cacheside"] = append(want[releaseName+"-cacheside"], fmt.Sprintf("%T %s", j, j.Name))
 				}
-				if diff := cmp.Diff(want, got); diff != "" {
-					t.Errorf("NetworkPolicy selects (-want +got):\n%s", diff)
+				want[releaseName+"-cacheside-test"] = []string{"*v1.Pod " + releaseName + "-cacheside-test"}
+				for _, sts := range all[*appsv1.StatefulSet](m, nil) {
+					want[sts.Name] = []string{fmt.Sprintf("%T %s", sts, sts.Name)}
+				}
+			}
+			got := map[string][]string{}
+			covered := map[string]bool{}
+			for _, np := range all[*networkingv1.NetworkPolicy](m, nil) {
+				got[np.Name] = podsSelectedBy(&np.Spec.PodSelector)
+				for _, p := range got[np.Name] {
+					covered[p] = true
+				}
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("NetworkPolicies select (-want +got):\n%s", diff)
+			}
+			if len(got) > 0 {
+				for _, p := range pods {
+					if !covered[p.Owner] {
+						t.Errorf("%s is covered by no NetworkPolicy", p.Owner)
+					}
 				}
 			}
 		})

@@ -89,9 +89,9 @@ func serveCeiling(ctx context.Context, specPath string, stderr io.Writer) error 
 // upHealth reports every dependency up.
 type upHealth struct{}
 
-func (upHealth) Postgres(context.Context) error { return nil }
-func (upHealth) Redis(context.Context) any      { return cache.Health{Status: "up"} }
-func (upHealth) Replication() any               { return replication.State{Role: "off"} }
+func (upHealth) Postgres(context.Context) error     { return nil }
+func (upHealth) Redis(context.Context) (any, error) { return cache.Health{Status: "up"}, nil }
+func (upHealth) Replication() any                   { return replication.State{Role: "off"} }
 
 // fixedStore answers every list with the same view and nothing else: the ceiling only serves
 // GET /cache (and GET /sample, identically).

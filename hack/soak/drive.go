@@ -50,6 +50,7 @@ type recording struct {
 	Pending   []pendingSample
 	Storms    []stormResult
 	Deferred  map[string]bool // trace ids of writes whose invalidation the service deferred
+	Calm      time.Duration   // how long after a fault a storm counted as calm (options.calm)
 	Ended     int64           // when the final reads began
 }
 
@@ -60,7 +61,7 @@ func drive(ctx context.Context, o options, env *environment, log io.Writer) (*re
 		return nil, fmt.Errorf("cacheside seed: %v\n%s", err, out)
 	}
 	h := &history{base: time.Now(), has: map[int64]bool{}}
-	rec := &recording{Seed: o.seed, Duration: o.duration, Clients: o.clients, NearCache: o.nearCache, Deferred: map[string]bool{}}
+	rec := &recording{Seed: o.seed, Duration: o.duration, Clients: o.clients, NearCache: o.nearCache, Deferred: map[string]bool{}, Calm: o.calm}
 	first := (&worker{services: env.services, h: h, rng: mrand.New(mrand.NewPCG(o.seed, 0))}).read(ctx, 0, "direct", 0)
 	if first.Status != 200 {
 		return nil, fmt.Errorf("reading the seeded samples: %d %s", first.Status, first.Err)
@@ -82,12 +83,15 @@ func drive(ctx context.Context, o options, env *environment, log io.Writer) (*re
 	var mu sync.Mutex
 	var calm sync.Mutex // held by the chaos loop while it injects a fault, and by a calm storm
 	var lastFault atomic.Int64
-	wg.Go(func() { // miss storms, every other one away from any fault
+	// Miss storms, every other one calm: no fault during it, and none for o.calm before it, which
+	// outlasts the breaker's cooldown, so its lookups reach Redis (a storm right after a Redis
+	// fault would bypass it while the breaker that fault opened is still open).
+	wg.Go(func() {
 		w := &worker{id: o.clients, rng: mrand.New(mrand.NewPCG(o.seed, 1000)), services: env.services, h: h, gate: gate}
 		for n := 0; sleep(runCtx, 5*time.Second); n++ {
 			if n%2 == 0 {
 				calm.Lock()
-				for h.now()-lastFault.Load() < o.grace.Nanoseconds() && sleep(runCtx, 50*time.Millisecond) {
+				for h.now()-lastFault.Load() < o.calm.Nanoseconds() && sleep(runCtx, 50*time.Millisecond) {
 				}
 			}
 			st := stormResult{Proc: w.rng.IntN(len(env.services)), Start: h.now()}

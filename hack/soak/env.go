@@ -188,6 +188,34 @@ type environment struct {
 	pg       *servers.Postgres
 	redis    *servers.Redis
 	services []*service
+	// breakerCooldown is the services' CACHE_BREAKER_COOLDOWN: how long after Redis failed
+	// they may still skip it.
+	breakerCooldown time.Duration
+}
+
+// setting is the value of the service's variable name when it runs with env: env's own (the
+// last, as exec keeps it), else the default the binary itself prints (cacheside env), so the
+// soak follows the service it runs rather than a copy of its defaults.
+func setting(ctx context.Context, bin string, env []string, name string) (string, error) {
+	value, set := "", false
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, name+"="); ok {
+			value, set = v, true
+		}
+	}
+	if set {
+		return value, nil
+	}
+	out, err := exec.CommandContext(ctx, bin, "env").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s env: %w", bin, err)
+	}
+	for line := range strings.Lines(string(out)) {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == name {
+			return f[2], nil
+		}
+	}
+	return "", fmt.Errorf("%s env does not list %s", bin, name)
 }
 
 func startEnvironment(ctx context.Context, o options, log io.Writer) (*environment, error) {
@@ -213,6 +241,14 @@ func startEnvironment(ctx context.Context, o options, log io.Writer) (*environme
 		// Every client of the soak is one loopback address, far over a client's budget: the
 		// soak checks the cache's promise, not the limits (main says so in its first line).
 		"RATE_LIMIT_ENABLED=false",
+	}
+	cooldown, err := setting(ctx, o.bin, common, "CACHE_BREAKER_COOLDOWN")
+	if err == nil {
+		env.breakerCooldown, err = time.ParseDuration(cooldown)
+	}
+	if err != nil {
+		env.close()
+		return nil, fmt.Errorf("the services' CACHE_BREAKER_COOLDOWN: %w", err)
 	}
 	migrate := exec.CommandContext(ctx, o.bin, "migrate")
 	migrate.Env = append([]string{"PATH=" + os.Getenv("PATH")}, common...)

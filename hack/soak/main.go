@@ -42,6 +42,8 @@ type options struct {
 	items       int
 	stormN      int
 	grace       time.Duration
+	calmMargin  time.Duration
+	calm        time.Duration // the breaker's cooldown + calmMargin: set once the services' cooldown is known
 	verbose     bool
 	checkBudget time.Duration
 }
@@ -59,6 +61,8 @@ func main() {
 	flag.IntVar(&o.items, "items", 12, "samples in the table at the start")
 	flag.IntVar(&o.stormN, "storm", 100, "concurrent reads of each miss storm")
 	flag.DurationVar(&o.grace, "grace", 3*time.Second, "how long after a fault a 5xx still counts as caused by it")
+	flag.DurationVar(&o.calmMargin, "calm-margin", time.Second,
+		"a calm storm starts the services' CACHE_BREAKER_COOLDOWN plus this after the last fault, once a breaker a Redis fault opened has closed again")
 	flag.BoolVar(&o.verbose, "v", false, "say how long each sample's check takes")
 	flag.DurationVar(&o.checkBudget, "check-budget", time.Minute, "how long the checker may take over one sample before calling it undecided")
 	recorded := flag.String("check", "", "check a saved recording.json again instead of running")
@@ -131,6 +135,9 @@ func run(ctx context.Context, o options, w io.Writer) (*report, error) {
 		return nil, err
 	}
 	defer env.close()
+	o.calm = env.breakerCooldown + o.calmMargin
+	fmt.Fprintf(w, "soak: calm storms start %s after the last fault: the services' CACHE_BREAKER_COOLDOWN (%s) + %s, so a breaker a Redis fault opened is closed again\n",
+		o.calm, env.breakerCooldown, o.calmMargin)
 	rec, err := drive(ctx, o, env, log)
 	if err == nil && ctx.Err() != nil {
 		err = fmt.Errorf("interrupted: %w", context.Cause(ctx))
@@ -165,6 +172,10 @@ func recheck(o options, path string, w io.Writer) (*report, error) {
 	}
 	o.out = filepath.Dir(path)
 	o.seed, o.duration, o.clients, o.nearCache = rec.Seed, rec.Duration, rec.Clients, rec.NearCache
+	o.calm = rec.Calm
+	if o.calm == 0 { // a recording from before calm windows were recorded: they were the grace
+		o.calm = o.grace
+	}
 	rep := check(o, &rec)
 	rep.print(w)
 	return rep, nil

@@ -40,10 +40,18 @@ func (r *report) refused() []record {
 	return out
 }
 
-// inFault reports whether [call, ret] overlaps a fault or the grace after it.
-func (r *report) inFault(call, ret int64) bool {
+// inFault reports whether [call, ret] overlaps a fault or the grace after it: a 5xx there is
+// the fault's.
+func (r *report) inFault(call, ret int64) bool { return r.overlapsFault(call, ret, r.opts.grace) }
+
+// calmStorm reports whether a storm over [start, end] was calm: no fault during it, nor for the
+// calm window (the breaker's cooldown and a margin) before it.
+func (r *report) calmStorm(start, end int64) bool { return !r.overlapsFault(start, end, r.opts.calm) }
+
+// overlapsFault reports whether [call, ret] overlaps a fault or the span after it.
+func (r *report) overlapsFault(call, ret int64, after time.Duration) bool {
 	for _, f := range r.rec.Faults {
-		if call <= f.End+r.opts.grace.Nanoseconds() && ret >= f.Start {
+		if call <= f.End+after.Nanoseconds() && ret >= f.Start {
 			return true
 		}
 	}
@@ -117,23 +125,28 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "  %-7s %s | %s\n", k, percentiles(out), percentiles(in))
 	}
 	var calm, faulty []float64
+	bypassed := 0
 	for _, st := range rec.Storms {
-		if r.inFault(st.Start, st.End) {
+		if !r.calmStorm(st.Start, st.End) {
 			faulty = append(faulty, st.Loads)
-		} else {
-			calm = append(calm, st.Loads)
+			continue
+		}
+		calm = append(calm, st.Loads)
+		if st.Counts["lookup bypass"] > 0 {
+			bypassed++
 		}
 	}
 	fmt.Fprintf(w, "\nmiss storms (%d concurrent reads of a just-retired list on one process, other clients held off), Postgres loads of the list:\n", r.opts.stormN)
-	fmt.Fprintf(w, "  outside fault windows: %s\n  inside fault windows:  %s\n", spread(calm), spread(faulty))
+	fmt.Fprintf(w, "  calm (no fault for %s before):  %s\n  near or during a fault:         %s\n", r.opts.calm, spread(calm), spread(faulty))
 	for _, st := range rec.Storms {
-		if !r.inFault(st.Start, st.End) {
+		if r.calmStorm(st.Start, st.End) {
 			fmt.Fprintf(w, "  calm storm on %s: %.0f loads; %s\n", procName(st.Proc), st.Loads, countsLine(st.Counts))
 		}
 	}
-	fmt.Fprintln(w, "  (a storm whose lookups all bypass Redis ran while the breaker was still open after a Redis fault, since")
-	fmt.Fprintln(w, "  CACHE_BREAKER_COOLDOWN outlasts the fault window, or while an invalidation was deferred: bypass loads are")
-	fmt.Fprintln(w, "  shared in rounds, not leased, one per round; a storm that looked in Redis costs one load per retirement)")
+	fmt.Fprintf(w, "  calm storms whose lookups bypassed Redis: %d of %d\n", bypassed, len(calm))
+	fmt.Fprintln(w, "  (the calm window is the services' CACHE_BREAKER_COOLDOWN plus a margin, so a breaker a Redis fault opened")
+	fmt.Fprintln(w, "  has closed again; a calm storm that still bypassed ran while an invalidation was deferred, or after a failed")
+	fmt.Fprintln(w, "  half-open probe reopened the breaker: bypass loads are shared in rounds, not leased, one per round)")
 	fmt.Fprintln(w, "  (one load per storm, plus one per retirement landing meanwhile: the second retirement of writes whose outcome was")
 	fmt.Fprintln(w, "  unknown, DATABASE_TIMEOUT + 1 s after them, and redelivered invalidations; a killed process restarts its count)")
 	fmt.Fprintf(w, "\nchecked %d operations with porcupine in %s, per sample, allowing the documented limits: writes whose\n", r.ops, r.checkTime.Round(time.Millisecond))

@@ -16,7 +16,7 @@ func short(t *testing.T, name string) options {
 		t.Fatal(err)
 	}
 	return options{
-		duration: 30 * time.Second, clients: 8, items: 12, stormN: 100, grace: 3 * time.Second, checkBudget: time.Minute,
+		duration: 30 * time.Second, clients: 8, items: 12, stormN: 100, grace: 3 * time.Second, calmMargin: time.Second, checkBudget: time.Minute,
 		out: filepath.Join(root, ".run", "soak-test", name), // kept, so a failure can be looked at
 	}
 }

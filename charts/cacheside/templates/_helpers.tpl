@@ -414,3 +414,14 @@ pass "migrationCredentials" and have migration.resources.
 {{- end }}
 {{- mulf (float64 $number) (get $units $unit) }}
 {{- end }}
+
+{{/* The labels the bundled Postgres' and Redis' NetworkPolicies admit (their <name>.clientLabels): on the app pods
+and the migration Job's, the only pods that connect to them. */}}
+{{- define "cacheside.dependencyClientLabels" -}}
+{{- if .Values.postgresql.enabled }}
+{{ include "postgresql.clientLabels" .Subcharts.postgresql }}
+{{- end }}
+{{- if .Values.redis.enabled }}
+{{ include "redis.clientLabels" .Subcharts.redis }}
+{{- end }}
+{{- end }}

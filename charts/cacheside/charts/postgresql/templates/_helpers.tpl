@@ -127,3 +127,12 @@ that set only auth.password (a GitOps repository's, a dev cluster's) render the 
 {{- end }}
 {{- with $secrets }}{{ toYaml . }}{{ end }}
 {{- end }}
+
+{{/*
+The label of the pods that may connect (networkpolicy.yaml): the parent chart puts it on its app pods and its
+migration Job's, calling this with .Subcharts.postgresql. The value is this instance's fullname, so two releases in one
+namespace admit only their own clients.
+*/}}
+{{- define "postgresql.clientLabels" -}}
+{{ include "postgresql.name" . | trunc 56 | trimSuffix "-" }}-client: {{ include "postgresql.fullname" . | quote }}
+{{- end }}

@@ -96,3 +96,12 @@ stops and asks for the password. A render sees the cluster when the namespace's 
 {{- end }}
 {{- with $secrets }}{{ toYaml . }}{{ end }}
 {{- end }}
+
+{{/*
+The label of the pods that may connect (networkpolicy.yaml): the parent chart puts it on its app pods and its
+migration Job's, calling this with .Subcharts.redis. The value is this instance's fullname, so two releases in one
+namespace admit only their own clients.
+*/}}
+{{- define "redis.clientLabels" -}}
+{{ include "redis.name" . | trunc 56 | trimSuffix "-" }}-client: {{ include "redis.fullname" . | quote }}
+{{- end }}
