@@ -14,17 +14,22 @@ import (
 
 // checkUninstall runs `helm uninstall --wait`, then lists every kind of namespaced object in the namespace:
 // what is left must be what the chart documents it keeps (NOTES.txt and the chart README, "Uninstalling":
-// the bundled Postgres' volume claim and its Secret, and the last helm test pod), and those must be there. Kubernetes' own objects of
-// any namespace (the default ServiceAccount, kube-root-ca.crt, Events) are not the chart's.
+// the bundled Postgres' volume claim and its Secret, which must be there, and the last helm test pod and
+// its NetworkPolicy). Kubernetes' own objects of any namespace (the default ServiceAccount,
+// kube-root-ca.crt, Events) are not the chart's.
 func checkUninstall(ctx context.Context, c *cluster) error {
 	if _, err := c.helm(ctx, "uninstall", c.o.release, "--wait", "--timeout", "3m"); err != nil {
 		return err
 	}
+	// kept: must stay. mayStay: stays if helm test ran (Helm never deletes a test hook, and the chart keeps
+	// its pod and NetworkPolicy for `helm test --logs`).
 	kept := map[string]bool{
 		"PersistentVolumeClaim/data-" + c.postgresName() + "-0": true,
 		"Secret/" + c.postgresName():                            true,
-		// helm test's pod: Helm never deletes a test hook, and the chart keeps it for `helm test --logs`.
-		"Pod/" + c.fullname() + "-test": true,
+	}
+	mayStay := map[string]bool{
+		"Pod/" + c.fullname() + "-test":           true,
+		"NetworkPolicy/" + c.fullname() + "-test": true,
 	}
 	var left []string
 	err := waitFor(ctx, 2*time.Minute, "only the documented objects left", func() (bool, error) {
@@ -32,7 +37,7 @@ func checkUninstall(ctx context.Context, c *cluster) error {
 		if left, err = c.namespaceObjects(ctx); err != nil {
 			return false, err
 		}
-		extra := slices.DeleteFunc(slices.Clone(left), func(o string) bool { return kept[o] })
+		extra := slices.DeleteFunc(slices.Clone(left), func(o string) bool { return kept[o] || mayStay[o] })
 		if len(extra) > 0 {
 			return false, fmt.Errorf("left behind: %s", strings.Join(extra, ", "))
 		}
