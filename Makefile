@@ -21,14 +21,14 @@ ARGS ?=
 # Kubernetes' and CoreDNS' packages, and tidying and vetting them would download and type-check all
 # of Kubernetes (~2700 packages) on every lint; hack/cluster/build.sh compiles them when the cluster
 # is needed, and fails if their pins disagree with hack/versions.env.
-GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools hack/tools/kubescore hack/cluster/imagebuild hack/cluster/otelcol hack/cluster/netpol
+GO_MODULES := . charts/tests hack/jaeger hack/loadtest hack/soak hack/tools hack/tools/kubescore hack/cluster/imagebuild hack/cluster/otelcol hack/cluster/netpol hack/cluster/e2e
 
-.PHONY: help run test test-go soak chart-test ci-check kind-up kind-down lint build tidy clean loadtest bench
+.PHONY: help run test test-go soak chart-test ci-check e2e-cluster kind-up kind-down lint build tidy clean loadtest bench
 
 help: ## Show this help
 	@echo 'Usage: make <target> [ARGS=...]'
 	@echo
-	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z0-9_-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z0-9_-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 run: ## Run everything locally: dev Postgres + Redis + Jaeger, migrate, seed, serve (hack/dev)
 	$(GO) run ./hack/dev run
@@ -52,6 +52,9 @@ chart-test: ## Helm chart and Dockerfile checks (helm lint, kubeconform, kube-sc
 
 ci-check: ## Workflows (actionlint), scripts (shellcheck), k8s/ manifests, the kind config and versions; no cluster needed
 	bash hack/ci-check.sh
+
+e2e-cluster: ## The chart on a local single-node Kubernetes (root): install, helm test, traces, faults, upgrade, uninstall; torn down after (hack/cluster/run.sh)
+	bash hack/cluster/run.sh
 
 kind-up: ## Local kind cluster and registry for Tilt (needs Docker)
 	bash hack/kind-up.sh
@@ -78,7 +81,7 @@ lint: ## gofmt, go mod tidy -diff in every module, go vet, staticcheck, shellche
 	@echo '==> go vet and staticcheck in the tool modules'
 	@(cd charts/tests && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
 	@(cd hack/tools && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...)
-	@for m in hack/soak hack/loadtest hack/cluster/imagebuild hack/cluster/otelcol; do \
+	@for m in hack/soak hack/loadtest hack/cluster/imagebuild hack/cluster/otelcol hack/cluster/e2e; do \
 		(cd $$m && GOWORK=off $(GO) vet ./... && GOWORK=off $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...) || exit 1; \
 	done
 	@echo '==> shellcheck hack/*.sh hack/cluster/'
