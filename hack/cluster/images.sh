@@ -288,6 +288,10 @@ build_postgres() {
   local customize="rm -rf \"\$1\"/usr/lib/postgresql/$POSTGRES_MAJOR/lib/llvmjit* \"\$1\"/usr/lib/postgresql/$POSTGRES_MAJOR/lib/bitcode"
   # Trixie's names: another suite fails here, loudly.
   customize+="; chroot \"\$1\" dpkg --force-depends --purge libllvm19 libz3-4"
+  # As the official image (its Dockerfile edits the sample initdb copies): listen on every address, or
+  # no other pod reaches the server (the app's db-role init container waits forever).
+  customize+="; sed -ri \"s!^#?(listen_addresses)\\s*=\\s*\\S+.*!\\1 = '*'!\" \"\$1\"/usr/share/postgresql/$POSTGRES_MAJOR/postgresql.conf.sample"
+  customize+="; grep -q \"^listen_addresses = '\\*'\" \"\$1\"/usr/share/postgresql/$POSTGRES_MAJOR/postgresql.conf.sample"
   tar=$(rootfs postgres "$POSTGRES_SUITE" "postgresql-$POSTGRES_MAJOR" "$hook" "$customize")
   k=$(key "$TOOL" "$(declare -f build_postgres)" "${tar##*/}" "$HERE/images/postgres/docker-entrypoint.sh")
   fresh "$out" "$k" && return

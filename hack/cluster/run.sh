@@ -4,12 +4,16 @@
 #
 #   tools          helm and kustomize (hack/tools' pins) and the checks (hack/cluster/e2e) built into .run/bin
 #   up             hack/cluster/up.sh: the cluster as local processes (Kubernetes, etcd, containerd, CoreDNS)
+#   netpol         hack/cluster/netpol.sh start: NetworkPolicy enforcement (kube-network-policies), before any
+#                  pod starts, so the chart's policies are enforced from its first pod on
 #   images         hack/cluster/images.sh build + import: the service's image (tags e2e-1 and e2e-2) and the
 #                  stand-ins for Postgres, Redis, curl, pause, Jaeger and the collector, into its containerd
 #   observability  k8s/observability through the overlay hack/cluster/observability (local images), Ready
+#   netpol-check   hack/cluster/netpol.sh check: policies of its own admit what they allow and drop the rest
 #   checks         hack/cluster/e2e: helm install (values hack/cluster/values.yaml) and helm test, traces,
 #                  faults, helm upgrade, helm uninstall (see hack/cluster/e2e/main.go)
-#   down           hack/cluster/down.sh, on EVERY exit once up.sh has started (success, failure, Ctrl-C):
+#   down           hack/cluster/netpol.sh stop, then hack/cluster/down.sh, on EVERY exit once up.sh has
+#                  started (success, failure, Ctrl-C):
 #                  the host is left as it was found
 #
 # and a table of them all (phase or check, result, time) at the end. Everything the cluster sends stays on
@@ -69,6 +73,8 @@ finish() {
 		if [[ ${KEEP_CLUSTER:-} == 1 ]]; then
 			printf '\nKEEP_CLUSTER=1: the cluster stays up (%s); hack/cluster/down.sh tears it down.\n' "$CLUSTER_DIR" >&2
 		else
+			# The controller's queue rules go first: down.sh removes only what the cluster made.
+			phase netpol-stop bash hack/cluster/netpol.sh stop || rc=1
 			phase down bash hack/cluster/down.sh || rc=1
 		fi
 	fi
@@ -91,7 +97,8 @@ fi
 
 build_tools() {
 	(cd hack/tools && go build -o "$bin/" helm.sh/helm/v4/cmd/helm sigs.k8s.io/kustomize/kustomize/v5) || return
-	(cd hack/cluster/e2e && go build -o "$bin/cluster-e2e" .)
+	(cd hack/cluster/e2e && go build -o "$bin/cluster-e2e" .) || return
+	bash hack/cluster/netpol.sh build
 }
 phase tools build_tools
 
@@ -109,6 +116,7 @@ set -a
 # shellcheck source=/dev/null
 source "$CLUSTER_DIR/env"
 set +a
+phase netpol bash hack/cluster/netpol.sh start
 
 # Every image (the service as e2e-1), then the service as e2e-2 for the upgrade check.
 images() {
@@ -118,6 +126,7 @@ images() {
 	bash hack/cluster/images.sh import "cacheside:$upgrade_tag"
 }
 phase images images
+phase netpol-check bash hack/cluster/netpol.sh check
 
 observability() {
 	"$bin/kustomize" build hack/cluster/observability | "$KUBECTL" apply -f - || return
