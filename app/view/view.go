@@ -18,7 +18,8 @@ import (
 	"github.com/cespare/xxhash/v2"
 )
 
-// View is a serialized read.
+// View is a serialized read. Its Body and Plain are read-only: the cache hands one view to many
+// readers at once, and their bytes may alias a string read from Redis.
 type View struct {
 	Body     []byte // JSON, encoded as Encoding says; nil when not Found
 	Encoding string // "gzip", or "" for the JSON as it is
