@@ -146,7 +146,9 @@ type Cache struct {
 	near     *nearCache // nil when off
 
 	tracer        trace.Tracer
+	getSpans      memo[string, getSpan] // by key space
 	outcomes      metric.Int64Counter
+	outcomeAttrs  memo[outcomeLabels, []metric.AddOption]
 	sourced       metric.Int64Counter
 	refreshed     metric.Int64Counter
 	leases        metric.Int64Counter
@@ -296,15 +298,31 @@ type served struct {
 	loadErr  error             // why a stale value answered
 }
 
+// getSpan is how Fetch starts its span for a key space.
+type getSpan struct {
+	name string
+	opts []trace.SpanStartOption
+}
+
+// outcomeLabels are the attributes of a read's count in cacheside.cache.lookups.
+type outcomeLabels struct {
+	outcome view.Outcome
+	space   string
+	tier    view.Tier
+}
+
 // Fetch serves k from the cache, or loads it with load and stores it. It returns
 // view.ErrNotFound (with the view saying how that was served) for an absence, the loader's error
 // or the caller's context's; Redis trouble never surfaces as an error, only as a Bypass. A load
 // that fails with an error Options.StaleIfError accepts is answered, if the lookup found a value
 // past its TTL under the current generation, with that value as Stale.
 func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (view.View, error) {
-	ctx, span := c.tracer.Start(ctx, "cache.get "+k.Space, trace.WithAttributes(
-		attribute.String("cache.key", c.valKey(Key{Space: k.Space, ID: "*"})),
-	))
+	st := c.getSpans.get(k.Space, func() getSpan {
+		return getSpan{name: "cache.get " + k.Space, opts: []trace.SpanStartOption{trace.WithAttributes(
+			attribute.String("cache.key", c.valKey(Key{Space: k.Space, ID: "*"})),
+		)}}
+	})
+	ctx, span := c.tracer.Start(ctx, st.name, st.opts...)
 	defer span.End()
 
 	s, err := c.fetch(ctx, k, load)
@@ -312,32 +330,36 @@ func (c *Cache) Fetch(ctx context.Context, k Key, load Loader) (view.View, error
 	if tier == "" {
 		tier = view.Redis // misses and bypasses are decided at the Redis tier
 	}
-	span.SetAttributes(
-		attribute.Bool("cache.hit", s.Served.Outcome == view.Hit),
-		attribute.String("cache.outcome", string(s.Served.Outcome)),
-		attribute.String("cache.tier", string(tier)),
-		attribute.Int("cache.item_size", len(s.Body)),
-	)
-	switch s.Served.Outcome {
-	case view.Bypass:
-		span.AddEvent("cache.bypass", trace.WithAttributes(attribute.String("reason", s.bypass)))
-		span.SetStatus(codes.Error, "redis unavailable: served from source")
-	case view.Stale:
-		span.SetAttributes(attribute.Bool("cache.stale", true), attribute.Int64("cache.age_ms", time.Since(s.Stored).Milliseconds()))
-		span.AddEvent("cache.stale", trace.WithAttributes(attribute.String("reason", s.loadErr.Error())))
-		span.SetStatus(codes.Error, "source unavailable: served a stale value of the current generation")
-	case view.Miss:
-		span.SetAttributes(attribute.Bool("cache.shared_load", s.Served.Shared))
+	if span.IsRecording() { // an unsampled read's span keeps nothing: spare it the work
+		span.SetAttributes(
+			attribute.Bool("cache.hit", s.Served.Outcome == view.Hit),
+			attribute.String("cache.outcome", string(s.Served.Outcome)),
+			attribute.String("cache.tier", string(tier)),
+			attribute.Int("cache.item_size", len(s.Body)),
+		)
+		switch s.Served.Outcome {
+		case view.Bypass:
+			span.AddEvent("cache.bypass", trace.WithAttributes(attribute.String("reason", s.bypass)))
+			span.SetStatus(codes.Error, "redis unavailable: served from source")
+		case view.Stale:
+			span.SetAttributes(attribute.Bool("cache.stale", true), attribute.Int64("cache.age_ms", time.Since(s.Stored).Milliseconds()))
+			span.AddEvent("cache.stale", trace.WithAttributes(attribute.String("reason", s.loadErr.Error())))
+			span.SetStatus(codes.Error, "source unavailable: served a stale value of the current generation")
+		case view.Miss:
+			span.SetAttributes(attribute.Bool("cache.shared_load", s.Served.Shared))
+		}
+		if s.Served.Shared && s.loadSpan.IsValid() {
+			// The load ran in another request's trace; point to it.
+			span.AddLink(trace.Link{SpanContext: s.loadSpan, Attributes: []attribute.KeyValue{attribute.String("cache.link", "shared load")}})
+		}
 	}
-	if s.Served.Shared && s.loadSpan.IsValid() {
-		// The load ran in another request's trace; point to it.
-		span.AddLink(trace.Link{SpanContext: s.loadSpan, Attributes: []attribute.KeyValue{attribute.String("cache.link", "shared load")}})
-	}
-	c.outcomes.Add(ctx, 1, metric.WithAttributes(
-		attribute.String("cache.outcome", strings.ToLower(string(s.Served.Outcome))),
-		attribute.String("cache.keyspace", k.Space),
-		attribute.String("cache.tier", string(tier)),
-	))
+	c.outcomes.Add(ctx, 1, c.outcomeAttrs.get(outcomeLabels{s.Served.Outcome, k.Space, tier}, func() []metric.AddOption {
+		return []metric.AddOption{metric.WithAttributes(
+			attribute.String("cache.outcome", strings.ToLower(string(s.Served.Outcome))),
+			attribute.String("cache.keyspace", k.Space),
+			attribute.String("cache.tier", string(tier)),
+		)}
+	})...)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "load failed")
