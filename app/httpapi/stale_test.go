@@ -77,7 +77,7 @@ func TestPostgresDownServesTheCurrentCachedViewsStale(t *testing.T) {
 				}
 			}
 			// The writes above never reached Postgres, so they retired nothing: still STALE.
-			if r := e.get(t, itemA); r.header.Get("X-Cache") != "STALE" || !strings.Contains(string(r.body), "a after") {
+			if r := staleOnceExpired(t, e, itemA, "a after"); r.header.Get("X-Cache") != "STALE" {
 				t.Errorf("GET %s after writes that never reached Postgres: %d X-Cache=%q %s", itemA, r.status, r.header.Get("X-Cache"), r.body)
 			}
 
@@ -100,6 +100,12 @@ func staleOnceExpired(t *testing.T, e *env, path, want string) response {
 	testenv.Eventually(t, 30*time.Second, func() error {
 		r = e.get(t, path)
 		switch xc := r.header.Get("X-Cache"); {
+		case r.status == http.StatusServiceUnavailable && xc == "BYPASS":
+			// Redis itself was unusable for this read (on a loaded machine a lookup can outlast the
+			// production REDIS_TIMEOUT, or the breaker is cooling down after such stalls), so there
+			// was nothing to serve stale: 503 is right, and not what this test is about. A broken
+			// stale path answers with Redis working, never BYPASS, so asking again hides nothing.
+			return fmt.Errorf("GET %s: Redis was unusable for this read (BYPASS); asking again", path)
 		case r.status != 200 || !strings.Contains(string(r.body), want):
 			t.Fatalf("GET %s with Postgres down: %d X-Cache=%q %s, want %q", path, r.status, xc, r.body, want)
 		case xc == "HIT":
