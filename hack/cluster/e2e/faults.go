@@ -208,8 +208,28 @@ func checkPostgresFault(ctx context.Context, c *cluster) error {
 	got := l.stop()
 	nr := notReady()
 	logf("with Postgres down: %s", tally(got))
-	if f := failures(got); len(f) > 0 {
-		ps = append(ps, fmt.Sprintf("%d of %d cached reads failed with Postgres down (want HIT or STALE):\n    %s", len(f), len(got), describe(f, 10)))
+	// A 503 with X-Cache BYPASS is a read Redis could not answer: the pods' pools may still hold a
+	// connection to the Redis pod fault-redis replaced, whose address no longer answers, so its
+	// next read waits out REDIS_TIMEOUT and is dropped (seen once in a clean-clone run). With
+	// Postgres also down that read is rightly a 503. It says nothing about serving through the
+	// outage, which a broken stale path or an unready pod fails with other answers (MISS 503s,
+	// refused connections); so allow a few (at most one read in a hundred) and show them.
+	var redisUnusable, failed []response
+	for _, r := range failures(got) {
+		if r.status == 503 && r.xcache == "BYPASS" {
+			redisUnusable = append(redisUnusable, r)
+		} else {
+			failed = append(failed, r)
+		}
+	}
+	if len(failed) > 0 {
+		ps = append(ps, fmt.Sprintf("%d of %d cached reads failed with Postgres down (want HIT or STALE):\n    %s", len(failed), len(got), describe(failed, 10)))
+	}
+	if len(redisUnusable) > 0 {
+		logf("%d of %d reads found Redis unusable (503 BYPASS; at most %d allowed):\n    %s", len(redisUnusable), len(got), len(got)/100, describe(redisUnusable, 5))
+		if len(redisUnusable) > len(got)/100 {
+			ps = append(ps, fmt.Sprintf("%d of %d cached reads found Redis unusable with Postgres down (503 BYPASS; at most %d allowed)", len(redisUnusable), len(got), len(got)/100))
+		}
 	}
 	for _, r := range got {
 		if r.ok() && r.xcache != "HIT" && r.xcache != "STALE" {
