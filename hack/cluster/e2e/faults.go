@@ -18,6 +18,16 @@ import (
 // all of them are to the service.
 const loadRate = 20
 
+// warmed is where each check under load starts: the Service's base URL and the API token, and n
+// samples cached on every serving pod (warmSamples).
+func (c *cluster) warmed(ctx context.Context, n int) (base, token string, ids []int64, err error) {
+	if base, token, err = c.baseAndToken(ctx); err != nil {
+		return "", "", nil, err
+	}
+	ids, err = c.warmSamples(ctx, base, token, n)
+	return base, token, ids, err
+}
+
 // warmSamples creates a few samples and reads each, and the list, on every serving pod, so they are cached.
 func (c *cluster) warmSamples(ctx context.Context, base, token string, n int) ([]int64, error) {
 	if err := c.awaitAppReady(ctx); err != nil {
@@ -59,11 +69,7 @@ func (c *cluster) warm(ctx context.Context, ids []int64) error {
 // checkRedisFault deletes the Redis pod under load: every read is still answered (BYPASS while Redis is
 // gone), then the cache serves again once the StatefulSet has brought Redis back, and no app pod restarted.
 func checkRedisFault(ctx context.Context, c *cluster) error {
-	base, token, err := c.baseAndToken(ctx)
-	if err != nil {
-		return err
-	}
-	ids, err := c.warmSamples(ctx, base, token, 4)
+	base, token, ids, err := c.warmed(ctx, 4)
 	if err != nil {
 		return err
 	}
@@ -130,11 +136,7 @@ func checkRedisFault(ctx context.Context, c *cluster) error {
 // and stay Ready for longer than the readiness probe would need to fail, while uncached reads and writes get
 // 503 with Retry-After; Postgres back, writes succeed again, and no app pod restarted or was replaced.
 func checkPostgresFault(ctx context.Context, c *cluster) error {
-	base, token, err := c.baseAndToken(ctx)
-	if err != nil {
-		return err
-	}
-	ids, err := c.warmSamples(ctx, base, token, 5)
+	base, token, ids, err := c.warmed(ctx, 5)
 	if err != nil {
 		return err
 	}
@@ -315,11 +317,7 @@ func watchReadiness(ctx context.Context, c *cluster) func() string {
 // let the other go at the same time, and the load sees no failure beyond at most the one request in flight
 // (the pod leaves the endpoints during its preStop sleep, then drains; the Deployment replaces it).
 func checkAppPodFault(ctx context.Context, c *cluster) error {
-	base, token, err := c.baseAndToken(ctx)
-	if err != nil {
-		return err
-	}
-	ids, err := c.warmSamples(ctx, base, token, 4)
+	base, token, ids, err := c.warmed(ctx, 4)
 	if err != nil {
 		return err
 	}

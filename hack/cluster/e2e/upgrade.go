@@ -20,11 +20,7 @@ import (
 // and new pods serve side by side a write on either is seen by reads on every pod (the near-caches of both
 // releases invalidate each other over Redis pub/sub). Afterwards every pod reads the last write.
 func checkUpgrade(ctx context.Context, c *cluster) error {
-	base, token, err := c.baseAndToken(ctx)
-	if err != nil {
-		return err
-	}
-	ids, err := c.warmSamples(ctx, base, token, 4)
+	base, token, ids, err := c.warmed(ctx, 4)
 	if err != nil {
 		return err
 	}
