@@ -187,6 +187,7 @@ func New(rdb redis.UniversalClient, o Options) *Cache {
 		// Two connections stay free for health pings and the invalidations of writes.
 		slots:   semaphore.NewWeighted(int64(max(1, poolSize(rdb)-2))),
 		pending: newPending(),
+		lookups: rounds[looked]{inline: true},
 		later:   make(map[*time.Timer][]Key),
 		tracer:  otel.Tracer("github.com/cacheside/cacheside/app/cache"),
 	}

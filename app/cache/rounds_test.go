@@ -13,10 +13,17 @@ import (
 
 // TestARoundIsSharedByEveryReadThatArrivedWhileTheLastRan: reads that arrive while a lookup
 // runs wait for the next one and all share it; none is answered by the lookup already running,
-// which began before they did.
+// which began before they did. The same whether the opener of a round runs it itself (inline,
+// lookups) or hands it to a goroutine (bypass loads).
 func TestARoundIsSharedByEveryReadThatArrivedWhileTheLastRan(t *testing.T) {
+	for _, inline := range []bool{true, false} {
+		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) { testRoundSharing(t, inline) })
+	}
+}
+
+func testRoundSharing(t *testing.T, inline bool) {
 	const late = 999
-	var g rounds[looked]
+	g := rounds[looked]{inline: inline}
 	var lookups atomic.Int32
 	firstRuns, releaseFirst := make(chan struct{}), make(chan struct{})
 	look := func(context.Context) looked {

@@ -31,7 +31,7 @@ func BenchmarkList(b *testing.B) {
 			req.Header.Set(k, v)
 		}
 		e.router.ServeHTTP(rec, req)
-		if rec.Code != wantStatus || rec.Header().Get("X-Cache") != wantCache {
+		if rec.Code != wantStatus || (wantCache != "any" && rec.Header().Get("X-Cache") != wantCache) {
 			b.Fatalf("GET %s: %d X-Cache=%q, want %d %q", path, rec.Code, rec.Header().Get("X-Cache"), wantStatus, wantCache)
 		}
 		b.SetBytes(int64(rec.Body.Len()))
@@ -45,27 +45,28 @@ func BenchmarkList(b *testing.B) {
 		}
 	})
 	b.Run("redis hit, gzip client", func(b *testing.B) {
-		serve(b, redisOnly, "/cache", gzipClient, 200, "MISS")
+		serve(b, redisOnly, "/cache", gzipClient, 200, "any") // a MISS the first time (-count runs it again)
 		b.ReportAllocs()
 		for b.Loop() {
 			serve(b, redisOnly, "/cache", gzipClient, 200, "HIT")
 		}
 	})
 	b.Run("redis hit, identity client", func(b *testing.B) {
+		serve(b, redisOnly, "/cache", nil, 200, "any") // a MISS when run alone
 		b.ReportAllocs()
 		for b.Loop() {
 			serve(b, redisOnly, "/cache", nil, 200, "HIT")
 		}
 	})
 	b.Run("near-cache hit, gzip client", func(b *testing.B) {
-		serve(b, near, "/cache", gzipClient, 200, "MISS") // fills Redis and the near tier
+		serve(b, near, "/cache", gzipClient, 200, "any") // fills Redis and the near tier
 		b.ReportAllocs()
 		for b.Loop() {
 			serve(b, near, "/cache", gzipClient, 200, "HIT")
 		}
 	})
 	b.Run("near-cache hit, identity client", func(b *testing.B) {
-		serve(b, near, "/cache", nil, 200, "HIT") // keeps the plain copy
+		serve(b, near, "/cache", nil, 200, "any") // keeps the plain copy (a MISS when run alone)
 		b.ReportAllocs()
 		for b.Loop() {
 			serve(b, near, "/cache", nil, 200, "HIT")
