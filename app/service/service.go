@@ -54,6 +54,28 @@ type Service struct {
 	drainOnce     sync.Once
 }
 
+// OpenRedis returns the Redis client the service uses, instrumented as the service instruments
+// it: pool and timeouts from cfg (redisclient), metrics on every command, spans only inside a
+// request's trace and without the commands' arguments.
+func OpenRedis(cfg config.Config) (goredis.UniversalClient, error) {
+	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Mode: cfg.RedisMode, Timeout: cfg.RedisTimeout, PoolSize: cfg.RedisPoolSize})
+	if err != nil {
+		return nil, fmt.Errorf("opening redis: %w", err)
+	}
+	// Without WithDBStatement(false) redisotel records whole commands, cached bodies included.
+	err = errors.Join(
+		redisotel.InstrumentTracing(rdb,
+			redisotel.WithTracerProvider(telemetry.ChildSpansOnly(otel.GetTracerProvider())),
+			redisotel.WithDBStatement(false), redisotel.WithCallerEnabled(false)),
+		redisotel.InstrumentMetrics(rdb),
+	)
+	if err != nil {
+		_ = rdb.Close()
+		return nil, fmt.Errorf("instrumenting redis: %w", err)
+	}
+	return rdb, nil
+}
+
 // Open returns the assembled service without waiting for its dependencies: the pools dial in
 // the background (the Redis pool is kept full, the near-cache subscribes), so the service can
 // start and report itself unready while a dependency is still coming up.
@@ -72,22 +94,10 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, e
 		return nil, fmt.Errorf("instrumenting postgres pool: %w", err)
 	}
 
-	rdb, err := redisclient.New(redisclient.Options{URL: cfg.RedisURL, Mode: cfg.RedisMode, Timeout: cfg.RedisTimeout, PoolSize: cfg.RedisPoolSize})
+	rdb, err := OpenRedis(cfg)
 	if err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("opening redis: %w", err)
-	}
-	// Without WithDBStatement(false) redisotel records whole commands, cached bodies included.
-	err = errors.Join(
-		redisotel.InstrumentTracing(rdb,
-			redisotel.WithTracerProvider(telemetry.ChildSpansOnly(otel.GetTracerProvider())),
-			redisotel.WithDBStatement(false), redisotel.WithCallerEnabled(false)),
-		redisotel.InstrumentMetrics(rdb),
-	)
-	if err != nil {
-		_ = rdb.Close()
-		pool.Close()
-		return nil, fmt.Errorf("instrumenting redis: %w", err)
+		return nil, err
 	}
 
 	c := cache.New(rdb, CacheOptions(cfg, log))

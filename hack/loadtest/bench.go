@@ -24,8 +24,8 @@ type bench struct {
 	o        options
 	stderr   io.Writer
 	services []*service // one per tier that started; the first also serves /sample
-	tmp      string     // the ceiling's spec files
-	ceiling  *child     // the ceiling of the table size being measured
+	tmp      string     // the ceilings' spec files
+	ceilings []ceiling  // the ceilings of the table size being measured
 	notes    []string
 	client   *http.Client // for the single requests that prepare a measurement
 }
@@ -75,13 +75,20 @@ func (b *bench) close() {
 }
 
 func (b *bench) stopCeiling() {
-	if b.ceiling == nil {
-		return
+	for _, c := range b.ceilings {
+		if err := c.proc.stop(); err != nil {
+			fmt.Fprintf(b.stderr, "loadtest: stopping the %s: %v\n", c.name, err)
+		}
 	}
-	if err := b.ceiling.stop(); err != nil {
-		fmt.Fprintf(b.stderr, "loadtest: stopping the ceiling: %v\n", err)
-	}
-	b.ceiling = nil
+	b.ceilings = nil
+}
+
+// A ceiling is an instrument measured beside the service: the ceiling, and the ceiling+redis.
+type ceiling struct {
+	name string
+	kind results.Kind
+	url  string
+	proc *child
 }
 
 // target is one thing measured in every cell.
@@ -89,7 +96,8 @@ type target struct {
 	name   string
 	kind   results.Kind
 	url    string
-	svc    *service // nil for the ceiling
+	svc    *service // nil for a ceiling
+	proc   *child   // a ceiling's process
 	client client
 	// beforeMeasuring runs between the warm-up and the measurement; nil: nothing does.
 	beforeMeasuring func() error
@@ -102,15 +110,14 @@ type target struct {
 // keeps the round with its median req/s.
 func (b *bench) runAll(ctx context.Context) ([]results.Measurement, error) {
 	var measured []results.Measurement
-	done, total := 0, len(b.o.rows)*len(b.o.conns)*len(b.o.clients)*(2+len(b.services))*b.o.repeat
+	done, total := 0, len(b.o.rows)*len(b.o.conns)*len(b.o.clients)*(3+len(b.services))*b.o.repeat
 	for _, n := range b.o.rows {
-		ceilingURL, err := b.prepare(ctx, n)
-		if err != nil {
+		if err := b.prepare(ctx, n); err != nil {
 			return measured, fmt.Errorf("preparing %d rows: %w", n, err)
 		}
 		for _, c := range b.o.conns {
 			for _, cl := range b.o.clients {
-				ms, err := b.cell(ctx, ceilingURL, n, c, cl, &done, total)
+				ms, err := b.cell(ctx, n, c, cl, &done, total)
 				measured = append(measured, ms...)
 				if err != nil {
 					return measured, err
@@ -123,8 +130,11 @@ func (b *bench) runAll(ctx context.Context) ([]results.Measurement, error) {
 }
 
 // cell measures every target at n rows, c connections, as client cl.
-func (b *bench) cell(ctx context.Context, ceilingURL string, n, c int, cl client, done *int, total int) ([]results.Measurement, error) {
-	targets := []target{{name: "ceiling", kind: results.Ceiling, url: ceilingURL + "/cache", client: cl}}
+func (b *bench) cell(ctx context.Context, n, c int, cl client, done *int, total int) ([]results.Measurement, error) {
+	var targets []target
+	for _, ce := range b.ceilings {
+		targets = append(targets, target{name: ce.name, kind: ce.kind, url: ce.url + "/cache", proc: ce.proc, client: cl})
+	}
 	targets = append(targets, target{name: "/sample", kind: results.Direct, url: b.services[0].url + "/sample", svc: b.services[0], client: cl})
 	for _, s := range b.services {
 		targets = append(targets, target{name: "/cache " + s.tier.name, kind: results.Cached, url: s.url + "/cache", svc: s, client: cl})
@@ -158,42 +168,42 @@ func (b *bench) alive(t target) error {
 	if t.svc != nil {
 		return t.svc.exited()
 	}
-	if b.ceiling != nil {
-		return b.ceiling.exited()
+	if t.proc != nil {
+		return t.proc.exited()
 	}
 	return nil
 }
 
 // prepare reseeds the table to n rows, fills every tier's cache and checks that it serves the
-// new rows to every kind of client, then starts the ceiling with the bytes /cache served to
-// each. It returns the ceiling's URL.
-func (b *bench) prepare(ctx context.Context, n int) (string, error) {
+// new rows to every kind of client, then starts the ceilings with the bytes /cache served to
+// each.
+func (b *bench) prepare(ctx context.Context, n int) error {
 	fmt.Fprintf(b.stderr, "reseeding %d rows\n", n)
 	if err := b.reseed(ctx, n); err != nil {
-		return "", err
+		return err
 	}
 	recorded := map[string]response{}
 	for _, cl := range b.o.clients {
 		header := requestHeader(cl.acceptEncoding)
 		direct, err := b.get(ctx, b.services[0].url+"/sample", header)
 		if err != nil {
-			return "", err
+			return err
 		}
 		want, err := decoded(direct)
 		if err != nil {
-			return "", fmt.Errorf("GET /sample: %w", err)
+			return fmt.Errorf("GET /sample: %w", err)
 		}
 		for i, s := range b.services {
 			r, err := b.filled(ctx, s, header, want)
 			if err != nil {
-				return "", fmt.Errorf("%s client: %w", cl.name, err)
+				return fmt.Errorf("%s client: %w", cl.name, err)
 			}
 			if i == 0 {
 				recorded[cl.name] = r
 			}
 		}
 	}
-	return b.startCeiling(ctx, n, recorded)
+	return b.startCeilings(ctx, n, recorded)
 }
 
 // reseed replaces the table through the first instance's configuration, then retires the
@@ -251,12 +261,13 @@ func (b *bench) filled(ctx context.Context, s *service, header http.Header, want
 	}
 }
 
-// startCeiling starts the ceiling with the answers /cache gave each kind of client, then checks
-// that it gives each the same answer: same status, body, framing and headers (Date aside).
-// Anything else would make the comparison unfair, in either direction. The ceiling holds the
-// gzip bytes and the plain ones side by side, as the fastest cache could: it decompresses
-// nothing.
-func (b *bench) startCeiling(ctx context.Context, n int, recorded map[string]response) (string, error) {
+// startCeilings starts the ceiling and the ceiling+redis with the answers /cache gave each kind
+// of client, then checks that each gives each client the same answer: same status, body,
+// framing and headers (Date aside). Anything else would make the comparison unfair, in either
+// direction. The ceiling holds the gzip bytes and the plain ones side by side, as the fastest
+// cache could: it decompresses nothing. The ceiling+redis holds them in Redis instead and
+// fetches its client's bytes with one GET per answer (redisStore).
+func (b *bench) startCeilings(ctx context.Context, n int, recorded map[string]response) error {
 	b.stopCeiling()
 	var spec ceilingSpec
 	for _, rec := range recorded {
@@ -272,22 +283,29 @@ func (b *bench) startCeiling(ctx context.Context, n int, recorded map[string]res
 	if spec.Body == nil { // every client was answered plain JSON (CACHE_COMPRESSION=none)
 		spec.Body, spec.Plain = spec.Plain, nil
 	}
-	path := filepath.Join(b.tmp, fmt.Sprintf("ceiling-%d.json", n))
-	c, url, err := startCeiling(ctx, path, spec, b.services[0].env, b.stderr)
-	if err != nil {
-		return "", err
-	}
-	b.ceiling = c
-	for _, cl := range b.o.clients {
-		got, err := b.get(ctx, url+"/cache", requestHeader(cl.acceptEncoding))
+	for _, ce := range []ceiling{{name: "ceiling", kind: results.Ceiling}, {name: "ceiling+redis", kind: results.RedisCeiling}} {
+		spec := spec
+		if ce.kind == results.RedisCeiling {
+			spec.RedisKey = fmt.Sprintf("loadtest-ceiling:%d:%d", os.Getpid(), n)
+		}
+		path := filepath.Join(b.tmp, fmt.Sprintf("%s-%d.json", ce.name, n))
+		proc, url, err := startCeiling(ctx, ce.name, path, spec, b.services[0].env, b.stderr)
 		if err != nil {
-			return "", fmt.Errorf("the ceiling: %w", err)
+			return err
 		}
-		if diff := recorded[cl.name].diff(got); diff != "" {
-			return "", fmt.Errorf("the ceiling does not answer a %s client as /cache does (%s); the ceiling in hack/loadtest needs to follow the change", cl.name, diff)
+		ce.proc, ce.url = proc, url
+		b.ceilings = append(b.ceilings, ce)
+		for _, cl := range b.o.clients {
+			got, err := b.get(ctx, url+"/cache", requestHeader(cl.acceptEncoding))
+			if err != nil {
+				return fmt.Errorf("the %s: %w", ce.name, err)
+			}
+			if diff := recorded[cl.name].diff(got); diff != "" {
+				return fmt.Errorf("the %s does not answer a %s client as /cache does (%s); the ceilings in hack/loadtest need to follow the change", ce.name, cl.name, diff)
+			}
 		}
 	}
-	return url, nil
+	return nil
 }
 
 // response is one answer, kept whole to be compared and replayed.

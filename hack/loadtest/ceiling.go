@@ -8,6 +8,9 @@ import (
 	"io"
 	"os"
 	"time"
+	"unsafe"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/cacheside/cacheside/app/buildinfo"
 	"github.com/cacheside/cacheside/app/cache"
@@ -17,6 +20,7 @@ import (
 	"github.com/cacheside/cacheside/app/platform/telemetry"
 	"github.com/cacheside/cacheside/app/replication"
 	"github.com/cacheside/cacheside/app/samples"
+	appservice "github.com/cacheside/cacheside/app/service"
 	"github.com/cacheside/cacheside/app/view"
 )
 
@@ -30,6 +34,10 @@ type ceilingSpec struct {
 	ETag     string `json:"etag"`
 	Cache    string `json:"cache"`
 	Tier     string `json:"tier"`
+	// RedisKey, when set, makes this the ceiling+redis: the bytes live in the service's Redis
+	// under RedisKey+":body" and RedisKey+":plain", and every answer fetches its client's bytes
+	// with one GET (redisStore).
+	RedisKey string `json:"redis_key,omitempty"`
 }
 
 // serveCeiling runs the ceiling until ctx ends: the service's router and middleware, built as
@@ -64,8 +72,17 @@ func serveCeiling(ctx context.Context, specPath string, stderr io.Writer) error 
 		_ = tel.Shutdown(sctx)
 	}()
 
-	store := fixedStore{view: view.View{Body: spec.Body, Encoding: spec.Encoding, Plain: spec.Plain, ETag: spec.ETag, Found: true,
+	fixed := fixedStore{view: view.View{Body: spec.Body, Encoding: spec.Encoding, Plain: spec.Plain, ETag: spec.ETag, Found: true,
 		Served: view.Served{Outcome: view.Outcome(spec.Cache), Tier: view.Tier(spec.Tier)}}}
+	var store samples.Store = fixed
+	if spec.RedisKey != "" {
+		rs, err := newRedisStore(ctx, cfg, fixed, spec.RedisKey)
+		if err != nil {
+			return err
+		}
+		defer rs.close()
+		store = rs
+	}
 	router := httpapi.NewRouter(httpapi.Deps{
 		Log:          log,
 		Direct:       store,
@@ -114,3 +131,68 @@ func (fixedStore) Update(context.Context, int64, string) (samples.Sample, error)
 }
 
 func (fixedStore) Delete(context.Context, int64) error { return errFixed }
+
+// redisStore is the ceiling with one Redis round trip per answer: the fixed view, with the
+// bytes its client is sent (the gzip body, or the plain JSON for a client that does not take
+// gzip) fetched by one GET from the service's Redis, through the client the service builds
+// (appservice.OpenRedis: same pool, timeouts and instrumentation), and aliased as the cache
+// aliases them. It is the least a Redis tier can do on a hit, a round trip carrying the bytes
+// it serves, so whatever /cache on the Redis tier costs beyond it is the cache's own logic
+// (generations, the view's header, breaker, rounds), and a goal it cannot reach is out of reach
+// of any Redis tier on this machine.
+type redisStore struct {
+	fixedStore
+	rdb               redis.UniversalClient
+	bodyKey, plainKey string
+}
+
+// newRedisStore stores fixed's bytes under key in the service's Redis, to be fetched on every
+// answer, and removed by close.
+func newRedisStore(ctx context.Context, cfg config.Config, fixed fixedStore, key string) (*redisStore, error) {
+	rdb, err := appservice.OpenRedis(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("the ceiling+redis: %w", err)
+	}
+	s := &redisStore{fixedStore: fixed, rdb: rdb, bodyKey: key + ":body"}
+	pairs := []any{s.bodyKey, fixed.view.Body}
+	if fixed.view.Plain != nil {
+		s.plainKey = key + ":plain"
+		pairs = append(pairs, s.plainKey, fixed.view.Plain)
+	}
+	if err := rdb.MSet(ctx, pairs...).Err(); err != nil {
+		_ = rdb.Close()
+		return nil, fmt.Errorf("the ceiling+redis: storing its bytes: %w", err)
+	}
+	return s, nil
+}
+
+func (s *redisStore) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	keys := []string{s.bodyKey}
+	if s.plainKey != "" {
+		keys = append(keys, s.plainKey)
+	}
+	_ = s.rdb.Del(ctx, keys...).Err()
+	_ = s.rdb.Close()
+}
+
+func (s *redisStore) List(ctx context.Context) (view.View, error) {
+	v := s.view
+	plain := s.plainKey != "" && view.WantsPlain(ctx)
+	key := s.bodyKey
+	if plain {
+		key = s.plainKey
+	}
+	got, err := s.rdb.Get(ctx, key).Result()
+	if err != nil {
+		return view.View{}, fmt.Errorf("the ceiling+redis: GET: %w", err)
+	}
+	b := unsafe.Slice(unsafe.StringData(got), len(got)) // read-only, as the cache's views
+	if plain {
+		v.Plain = b
+	} else {
+		v.Body = b
+	}
+	return v, nil
+}

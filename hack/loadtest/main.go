@@ -1,8 +1,9 @@
 // Command loadtest is the benchmark behind make loadtest. It builds cacheside, starts throwaway
 // PostgreSQL and Redis under .run/loadtest (each unless DATABASE_URL or REDIS_URL names one)
-// and migrates, then starts one cacheside per cache tier and a ceiling (the service's own router
-// serving fixed bytes, in a process of its own), reseeds the table to each size, and drives
-// GET /sample, GET /cache on every tier and the ceiling at several numbers of connections. Then
+// and migrates, then starts one cacheside per cache tier, a ceiling (the service's own router
+// serving fixed bytes, in a process of its own) and a ceiling+redis (the same, fetching the bytes
+// from Redis with one GET per answer), reseeds the table to each size, and drives GET /sample,
+// GET /cache on every tier and the ceilings at several numbers of connections. Then
 // its replication section drives /cache on the redis tier while a writer outside the API commits
 // single-row UPDATEs, with the service's replication consumer on and off: the commit-to-retired
 // latency the service's histogram recorded, and what the consumer costs in req/s. It prints the
@@ -371,6 +372,7 @@ func writeReport(o options, began time.Time, facts []results.Fact, notes []strin
 		report.Chart = "report.png"
 		report.Notes = append(columnNotes(o), notes...)
 		report.Verdicts = verdicts
+		report.GoalNotes = goalNotes
 	}
 	if rep != nil {
 		report.Replication = rep
@@ -391,10 +393,15 @@ func writeReport(o options, began time.Time, facts []results.Fact, notes []strin
 
 // goals are the performance goals the report checks (issue 14): at 1,000 rows, for every kind
 // of client and number of connections, /cache with the Redis tier alone at 5× /sample, and
-// with the near-cache at 0.9 of the ceiling.
+// with the near-cache at 0.9 of the ceiling. The Redis tier's goal is shown beside what the
+// ceiling+redis reaches: no Redis tier can beat a round trip carrying the bytes it serves.
 var goals = []results.Goal{
-	{Rows: 1000, Target: "/cache redis", Ref: results.Direct, Min: 5},
+	{Rows: 1000, Target: "/cache redis", Ref: results.Direct, Min: 5, Bound: results.RedisCeiling},
 	{Rows: 1000, Target: "/cache redis+local", Ref: results.Ceiling, Min: 0.9},
+}
+
+var goalNotes = []string{
+	"**bound**: the same ratio for the ceiling+redis in the same cell: the least any Redis tier can do on a hit (the service's router and middleware, and one GET of the bytes it sends through the service's own Redis client). Where it falls short of the goal too, the goal is out of reach on this machine for any cache whose hits fetch their bytes from Redis; `/cache redis` over the ceiling+redis is what the cache's own logic costs.",
 }
 
 // byClient names each bar of the chart after its client too, when more than one kind of client
@@ -434,6 +441,7 @@ func columnNotes(o options) []string {
 		"**client**: `gzip` sends `Accept-Encoding: gzip` (browsers, most HTTP libraries), `identity` sends none (curl, wrk, the tutorial's `loadtest`) and is answered plain JSON.",
 		"**vs /sample, vs ceiling**: req/s over that of `/sample` and of the ceiling at the same table size, connections and client.",
 		"**ceiling**: the service's own router and middleware (`httpapi.NewRouter`), in a process of its own, answering `GET /cache` from a fixed in-memory view holding the bytes (gzip and plain), ETag and cache headers that `/cache` answered at that table size: no Redis, no Postgres, no decompression. Each client kind is measured against it with its own bytes, and before measuring its answer to each is checked byte for byte against the service's.",
+		"**ceiling+redis**: the ceiling with the bytes kept in the service's Redis instead of its memory: each answer fetches its client's bytes (the gzip body, or the plain JSON) with one GET through the client the service builds (same pool, timeouts and instrumentation), and nothing else: no generation, no header to check, no breaker. The least a Redis tier can do on a hit; its answers are checked against the service's like the ceiling's.",
 		"**/sample** is served by the instance of the first tier; it never touches the cache.",
 		fmt.Sprintf("Every target was sent %s of the same load first, not counted, so caches are filled and connections open.", o.warmup),
 		repeatNote(o.repeat),

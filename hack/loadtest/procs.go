@@ -154,7 +154,7 @@ func startService(ctx context.Context, bin, name string, t tier, extra []string,
 // startCeiling writes spec and starts this binary again as the ceiling server, so that the
 // ceiling competes with the load generator for the CPUs the way the service does, rather than
 // sharing its process (and garbage collector).
-func startCeiling(ctx context.Context, path string, spec ceilingSpec, env []string, stderr io.Writer) (*child, string, error) {
+func startCeiling(ctx context.Context, name, path string, spec ceilingSpec, env []string, stderr io.Writer) (*child, string, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
@@ -171,7 +171,7 @@ func startCeiling(ctx context.Context, path string, spec ceilingSpec, env []stri
 	if err != nil {
 		return nil, "", fmt.Errorf("finding this program to start the ceiling: %w", err)
 	}
-	c, err := startChild("ceiling", self, []string{"-" + ceilingFlag, path}, env, stderr)
+	c, err := startChild(name, self, []string{"-" + ceilingFlag, path}, env, stderr)
 	if err != nil {
 		return nil, "", err
 	}

@@ -256,8 +256,9 @@ func targetColors(order []Measurement) map[string]color.Color {
 	cached, ceilings, directs := 0, 0, 0
 	for _, m := range order {
 		switch m.Kind {
-		case Ceiling:
-			// A second ceiling (another client's) in a lighter shade of the same colour.
+		case Ceiling, RedisCeiling:
+			// Another ceiling (another client's, or the ceiling+redis) in a lighter shade of the
+			// same colour.
 			out[m.Target] = lighter(ceilingColor, ceilings)
 			ceilings++
 		case Direct:

@@ -26,6 +26,9 @@ const (
 	Direct
 	// Cached is GET /cache through one cache tier.
 	Cached
+	// RedisCeiling is the ceiling with one GET from Redis per answer, of the bytes it sends: the
+	// least any Redis tier can do on a hit.
+	RedisCeiling
 )
 
 // Measurement is one target measured at one table size and one number of connections.
@@ -127,7 +130,8 @@ type Report struct {
 	Notes []string // on the table
 
 	// Verdicts are the goals checked against the table, written after it; nil for none.
-	Verdicts []Verdict
+	Verdicts  []Verdict
+	GoalNotes []string // on the goals
 
 	// Replication is the replication section, written after the table's notes; nil for none.
 	Replication      *Replication
@@ -152,10 +156,16 @@ func WriteMarkdown(w io.Writer, r Report, all []Measurement) error {
 		writeMarkdownTable(&b, r, all)
 	}
 	if len(r.Verdicts) > 0 {
-		b.WriteString("\n## Goals\n\n| goal | rows | client | conns | target | measured | met |\n|:---|---:|:---|---:|:---|---:|:---|\n")
+		b.WriteString("\n## Goals\n\n| goal | rows | client | conns | target | measured | bound | met |\n|:---|---:|:---|---:|:---|---:|---:|:---|\n")
 		for _, v := range r.Verdicts {
-			fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %s |\n", markdownCell(v.Goal.String()), thousands(v.Goal.Rows),
-				v.Client, v.Conns, markdownCell(v.Goal.Target), v.measured(), v.met())
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %s | %s |\n", markdownCell(v.Goal.String()), thousands(v.Goal.Rows),
+				v.Client, v.Conns, markdownCell(v.Goal.Target), v.measured(), v.bound(), v.met())
+		}
+		if len(r.GoalNotes) > 0 {
+			b.WriteString("\n")
+			for _, n := range r.GoalNotes {
+				fmt.Fprintf(&b, "- %s\n", n)
+			}
 		}
 	}
 	if r.Replication != nil {
@@ -340,11 +350,15 @@ func distinct(all []Measurement, f func(Measurement) int) []int {
 
 // Goal is a performance goal: at Rows, the target named Target must reach at least Min times
 // the throughput of the row of kind Ref, for every client and number of connections measured.
+// Bound, when set, is the kind of the instrument that shows what any implementation of Target
+// could reach in the same cell (the ceiling+redis for a Redis tier): its ratio to Ref is
+// reported beside the goal's, so a goal out of reach on the machine shows as such.
 type Goal struct {
 	Rows   int
 	Target string
 	Ref    Kind
 	Min    float64
+	Bound  Kind
 }
 
 func (g Goal) String() string {
@@ -362,7 +376,14 @@ type Verdict struct {
 	Conns    int
 	Ratio    float64
 	Measured bool // false: the cell has no such target or reference
+
+	// BoundRatio is the goal's Bound's ratio to its Ref in the cell, if both were measured.
+	BoundRatio    float64
+	BoundMeasured bool
 }
+
+// Reachable reports whether the goal's bound, if measured, reached the goal in this cell.
+func (v Verdict) Reachable() bool { return !v.BoundMeasured || v.BoundRatio >= v.Goal.Min }
 
 // Met reports whether the goal was reached in this cell.
 func (v Verdict) Met() bool { return v.Measured && v.Ratio >= v.Goal.Min }
@@ -379,12 +400,22 @@ func (v Verdict) measured() string {
 	return Times(v.Ratio)
 }
 
+// bound is the bound's ratio as measured prints, or a dash.
+func (v Verdict) bound() string {
+	if !v.BoundMeasured {
+		return "—"
+	}
+	return Verdict{Ratio: v.BoundRatio, Measured: true}.measured()
+}
+
 func (v Verdict) met() string {
 	switch {
 	case !v.Measured:
 		return "not measured"
 	case v.Met():
 		return "yes"
+	case !v.Reachable():
+		return "**no** (out of reach: the bound falls short too)"
 	}
 	return "**no**"
 }
@@ -407,6 +438,9 @@ func Check(all []Measurement, goals []Goal) []Verdict {
 					if m.Rows == g.Rows && m.Conns == conns && m.Client == client && m.Target == g.Target {
 						v.Ratio, v.Measured = Ratio(all, m, g.Ref)
 					}
+					if g.Bound != 0 && m.Rows == g.Rows && m.Conns == conns && m.Client == client && m.Kind == g.Bound {
+						v.BoundRatio, v.BoundMeasured = Ratio(all, m, g.Ref)
+					}
 				}
 				out = append(out, v)
 			}
@@ -418,13 +452,10 @@ func Check(all []Measurement, goals []Goal) []Verdict {
 // WriteVerdicts writes the goals as aligned text lines.
 func WriteVerdicts(w io.Writer, vs []Verdict) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "goal\trows\tclient\tconns\tmeasured\tmet\t")
+	fmt.Fprintln(tw, "goal\trows\tclient\tconns\tmeasured\tbound\tmet\t")
 	for _, v := range vs {
-		met := v.met()
-		if met == "**no**" {
-			met = "NO"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t\n", v.Goal, thousands(v.Goal.Rows), v.Client, v.Conns, v.measured(), met)
+		met := strings.Replace(v.met(), "**no**", "NO", 1)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", v.Goal, thousands(v.Goal.Rows), v.Client, v.Conns, v.measured(), v.bound(), met)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("writing the goals: %w", err)
