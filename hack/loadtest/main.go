@@ -393,15 +393,16 @@ func writeReport(o options, began time.Time, facts []results.Fact, notes []strin
 
 // goals are the performance goals the report checks (issue 14): at 1,000 rows, for every kind
 // of client and number of connections, /cache with the Redis tier alone at 5× /sample, and
-// with the near-cache at 0.9 of the ceiling. The Redis tier's goal is shown beside what the
-// ceiling+redis reaches: no Redis tier can beat a round trip carrying the bytes it serves.
+// with the near-cache at 0.9 of the ceiling. The Redis tier's goal at one connection is shown
+// beside what the ceiling+redis reaches: there no Redis tier can beat a round trip carrying the
+// bytes it serves.
 var goals = []results.Goal{
-	{Rows: 1000, Target: "/cache redis", Ref: results.Direct, Min: 5, Bound: results.RedisCeiling},
+	{Rows: 1000, Target: "/cache redis", Ref: results.Direct, Min: 5, Bound: results.RedisCeiling, BoundConns: 1},
 	{Rows: 1000, Target: "/cache redis+local", Ref: results.Ceiling, Min: 0.9},
 }
 
 var goalNotes = []string{
-	"**bound**: the same ratio for the ceiling+redis in the same cell: the least any Redis tier can do on a hit (the service's router and middleware, and one GET of the bytes it sends through the service's own Redis client). Where it falls short of the goal too, the goal is out of reach on this machine for any cache whose hits fetch their bytes from Redis; `/cache redis` over the ceiling+redis is what the cache's own logic costs.",
+	"**bound**: at one connection, the same ratio for the ceiling+redis: the least any Redis tier can do on a hit (the service's router and middleware, and one GET of the bytes it sends through the service's own Redis client). With one connection no read can share another's round trip, so where the bound falls short of the goal too, the goal is out of reach on this machine for any cache whose hits fetch their bytes from Redis, and `/cache redis` over the ceiling+redis is what the cache's own logic costs. With more connections the cache's lookup rounds fetch once for all the reads of a key that arrive while one runs, which the ceiling+redis (a GET per answer) does not: there it is no bound, and the table shows `/cache redis` above it.",
 }
 
 // byClient names each bar of the chart after its client too, when more than one kind of client

@@ -253,13 +253,15 @@ func TestGoalsAreCheckedPerClientAndConnections(t *testing.T) {
 		}
 		all = append(all, m)
 	}
-	// The ceiling+redis: within reach for gzip clients, out of it for identity ones.
+	// The ceiling+redis: within reach for gzip clients, out of it for identity ones. At 8
+	// connections, only as a goal whose bound holds there.
 	all = append(all,
 		results.Measurement{Rows: 1000, Conns: 8, Target: "ceiling+redis", Kind: results.RedisCeiling, Client: "gzip", Requests: 1, Throughput: 7000},
 		results.Measurement{Rows: 1000, Conns: 8, Target: "ceiling+redis", Kind: results.RedisCeiling, Client: "identity", Requests: 1, Throughput: 4500},
 	)
 	goals := []results.Goal{
-		{Rows: 1000, Target: "/cache redis", Ref: results.Direct, Min: 5, Bound: results.RedisCeiling},
+		{Rows: 1000, Target: "/cache redis", Ref: results.Direct, Min: 5, Bound: results.RedisCeiling, BoundConns: 8},
+		{Rows: 1000, Target: "/cache redis", Ref: results.Direct, Min: 4, Bound: results.RedisCeiling, BoundConns: 1},
 		{Rows: 1000, Target: "/cache redis+local", Ref: results.Ceiling, Min: 0.9},
 	}
 	type cell struct {
@@ -278,6 +280,8 @@ func TestGoalsAreCheckedPerClientAndConnections(t *testing.T) {
 	want := []cell{
 		{"/cache redis ≥ 5.00× /sample", "gzip", "5.00×", "7.00×", 8, true, true, true},
 		{"/cache redis ≥ 5.00× /sample", "identity", "4.00×", "4.50×", 8, false, true, false},
+		{"/cache redis ≥ 4.00× /sample", "gzip", "5.00×", "—", 8, true, true, true},
+		{"/cache redis ≥ 4.00× /sample", "identity", "4.00×", "—", 8, true, true, true},
 		{"/cache redis+local ≥ 0.90× the ceiling", "gzip", "0.80×", "—", 8, false, true, true},
 		{"/cache redis+local ≥ 0.90× the ceiling", "identity", "0.80×", "—", 8, false, true, true},
 	}
