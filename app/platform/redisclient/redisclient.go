@@ -25,7 +25,8 @@ type Options struct {
 
 // New returns a client for the configured mode. The URL forms are go-redis's own (ParseURL,
 // ParseFailoverURL, ParseClusterURL): extra seeds are added with ?addr=host:port and Sentinel's
-// master with ?master_name=. Errors never echo the URL, which may hold a password.
+// master with ?master_name=. Errors never echo the URL, which may hold a password. The first
+// operation to fail with a connection fault retires every pooled connection (retire.go).
 func New(o Options) (goredis.UniversalClient, error) {
 	switch o.Mode {
 	case "", "standalone":
@@ -34,7 +35,11 @@ func New(o Options) (goredis.UniversalClient, error) {
 			return nil, sanitize(err)
 		}
 		o.tune(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.ContextTimeoutEnabled, &opt.MaxRetries, &opt.PoolSize, &opt.MinIdleConns, &opt.PipelinePoolSize)
-		return goredis.NewClient(opt), nil
+		r := &retirer{}
+		opt.Dialer = r.dialer(goredis.NewDialer(opt))
+		c := goredis.NewClient(opt)
+		c.AddHook(r)
+		return c, nil
 	case "sentinel":
 		opt, err := goredis.ParseFailoverURL(o.URL)
 		if err != nil {
@@ -44,14 +49,22 @@ func New(o Options) (goredis.UniversalClient, error) {
 			return nil, errors.New("parsing REDIS_URL: sentinel mode needs ?master_name=")
 		}
 		o.tune(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.ContextTimeoutEnabled, &opt.MaxRetries, &opt.PoolSize, &opt.MinIdleConns, &opt.PipelinePoolSize)
-		return goredis.NewFailoverClient(opt), nil
+		r := &retirer{}
+		opt.Dialer = r.dialer(goredis.NewDialer(&goredis.Options{DialTimeout: opt.DialTimeout, TLSConfig: opt.TLSConfig}))
+		c := goredis.NewFailoverClient(opt)
+		c.AddHook(r)
+		return c, nil
 	case "cluster":
 		opt, err := goredis.ParseClusterURL(o.URL)
 		if err != nil {
 			return nil, sanitize(err)
 		}
 		o.tune(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.ContextTimeoutEnabled, &opt.MaxRetries, &opt.PoolSize, &opt.MinIdleConns, &opt.PipelinePoolSize)
-		return goredis.NewClusterClient(opt), nil
+		r := &retirer{}
+		opt.Dialer = r.dialer(goredis.NewDialer(&goredis.Options{DialTimeout: opt.DialTimeout, TLSConfig: opt.TLSConfig}))
+		c := goredis.NewClusterClient(opt)
+		c.AddHook(r)
+		return c, nil
 	default:
 		return nil, fmt.Errorf("unknown REDIS_MODE %q", o.Mode)
 	}

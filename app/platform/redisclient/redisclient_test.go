@@ -2,8 +2,13 @@ package redisclient_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -81,5 +86,109 @@ func TestBadURLsAreRejectedWithoutEchoingThem(t *testing.T) {
 		if err == nil || strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("%s %s: err = %v, want an error without the password", tc.mode, tc.url, err)
 		}
+	}
+}
+
+// TestAConnectionFaultRetiresEveryPooledConnection: a server that stops answering without
+// closing its connections (CLIENT PAUSE here; in production a deleted pod, a failover to another
+// address, a partition) makes an operation time out. go-redis checks an idle connection before
+// handing it out only for a peer that closed it, so it would hand out each of the other pooled
+// connections once more, each costing an operation a whole timeout if the server were gone for
+// good. After the fault none of them is used again: every operation runs on a connection
+// dialled after it. An error reply from Redis is no fault: the connections stay. Production
+// settings: the default REDIS_TIMEOUT and pool size.
+func TestAConnectionFaultRetiresEveryPooledConnection(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	cfg := testenv.Config(t, "REDIS_URL="+srv.URL(), "DATABASE_URL=postgres://unused.invalid/db")
+	rdb := testenv.RedisClient(t, cfg)
+	pool := rdb.(*redis.Client).Options().PoolSize
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 1})
+	t.Cleanup(func() { admin.Close() })
+	ctx := context.Background()
+
+	// The pool's connections as the server lists them: every client but admin's.
+	conns := func() map[int64]bool {
+		t.Helper()
+		self, err := admin.ClientID(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		list, err := admin.ClientList(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := map[int64]bool{}
+		for _, line := range strings.Split(strings.TrimSpace(list), "\n") {
+			f, _, _ := strings.Cut(strings.TrimPrefix(line, "id="), " ")
+			id, err := strconv.ParseInt(f, 10, 64)
+			if err != nil {
+				t.Fatalf("CLIENT LIST line %q: %v", line, err)
+			}
+			if id != self {
+				ids[id] = true
+			}
+		}
+		return ids
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := len(conns()); n < pool {
+			return fmt.Errorf("%d of %d connections dialled", n, pool)
+		}
+		return nil
+	})
+	before := conns()
+
+	// Which connections operations run on: bursts of the pool's size take every idle one.
+	used := func() map[int64]bool {
+		t.Helper()
+		var mu sync.Mutex
+		ids := map[int64]bool{}
+		for range 3 {
+			var wg sync.WaitGroup
+			for range pool {
+				wg.Go(func() {
+					id, err := rdb.ClientID(ctx).Result()
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					mu.Lock()
+					ids[id] = true
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+		}
+		return ids
+	}
+	overlap := func(a, b map[int64]bool) (n int) {
+		for id := range a {
+			if b[id] {
+				n++
+			}
+		}
+		return n
+	}
+
+	if err := rdb.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.LPush(ctx, "k", "x").Err(); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+		t.Fatalf("LPUSH on a string: %v, want WRONGTYPE", err)
+	}
+	if n := overlap(used(), before); n == 0 {
+		t.Fatal("after an error reply, no operation ran on the pooled connections: an error reply retired them")
+	}
+
+	if err := admin.Do(ctx, "CLIENT", "PAUSE", 1500, "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	err := rdb.Get(ctx, "k").Err()
+	if ne := net.Error(nil); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("GET while the server is paused: %v, want a timeout", err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() error { return rdb.Ping(ctx).Err() }) // the pause ends
+	if n := overlap(used(), before); n != 0 {
+		t.Errorf("after a timeout, operations still ran on %d connections dialled before it; want none", n)
 	}
 }
