@@ -13,13 +13,12 @@ import (
 
 // A connection fault retires every pooled connection.
 //
-// When a Redis server goes away without closing its connections (a Kubernetes pod deleted or
-// rescheduled, a failover to another address, a network partition), nothing tells the client:
-// no FIN, no RST. go-redis checks an idle connection before handing it out, but only for a peer
-// that closed it, so each connection to the vanished server is handed out once more and costs
-// the operation that takes it a whole timeout (REDIS_TIMEOUT) before go-redis drops it. Seen in
-// the e2e cluster: a read, minutes after the Redis pod was replaced, waited out its timeout on a
-// connection to the old pod and was answered without the cache.
+// When a Redis server goes away without closing its connections (the node under a Redis pod
+// lost, a failover to another address, a network partition), nothing tells the client: no FIN,
+// no RST. go-redis checks an idle connection before handing it out, but only for a peer that
+// closed it, so each connection to the vanished server is handed out once more and costs the
+// operation that takes it a whole timeout (REDIS_TIMEOUT) before go-redis drops it; in series,
+// those timeouts also open the circuit breaker after the server is back.
 //
 // So the first operation that fails with a connection fault (a timeout, or a connection broken
 // or refused; not an error reply from Redis, not the caller giving up) retires every connection
