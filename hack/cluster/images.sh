@@ -24,9 +24,9 @@
 # The Jaeger and collector tags are those of k8s/observability's manifests, which the checks rewrite to these.
 #
 # Every archive is cached with a key of its inputs (recipe, sources, versions) beside it; a warm run rebuilds
-# nothing. Debian root filesystems come from mmdebstrap (apt-get install mmdebstrap), from the default Debian
-# mirror or $DEBIAN_MIRROR, and are cached by suite and package list. Building needs root (mmdebstrap's root
-# mode, and files staged with their owners).
+# nothing. Debian root filesystems come from mmdebstrap (installed from Debian when missing), from the
+# default Debian mirror or $DEBIAN_MIRROR, and are cached by suite and package list. Building needs root
+# (mmdebstrap's root mode, and files staged with their owners).
 
 set -euo pipefail
 shopt -s inherit_errexit
@@ -133,6 +133,16 @@ stage() {
   echo "$d"
 }
 
+# need_mmdebstrap installs Debian's mmdebstrap when it is missing (a fresh machine has none): building is
+# root's work anyway.
+need_mmdebstrap() {
+  command -v mmdebstrap >/dev/null && return
+  log "installing Debian's mmdebstrap (to build the Debian root filesystems)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mmdebstrap >&2 ||
+    { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mmdebstrap >&2; } ||
+    die "could not install mmdebstrap (apt-get install mmdebstrap)"
+}
+
 # rootfs NAME SUITE PACKAGES HOOK [CUSTOMIZE]: a Debian root filesystem tar from mmdebstrap (variant essential:
 # dpkg, sh and coreutils, no apt), without docs, man pages, locales' messages, apt lists or device nodes; HOOK
 # runs (sh, $1 = the root) after the essential packages, before PACKAGES are installed (e.g. to fix a user's
@@ -145,7 +155,7 @@ rootfs() {
     echo "$tar"
     return
   fi
-  command -v mmdebstrap >/dev/null || die "$name: needs mmdebstrap (apt-get install mmdebstrap)"
+  need_mmdebstrap
   mkdir -p "$CACHE/rootfs"
   log "$name: mmdebstrap $suite with $packages (a minute or two)"
   start=$SECONDS
