@@ -25,8 +25,8 @@ type Options struct {
 
 // New returns a client for the configured mode. The URL forms are go-redis's own (ParseURL,
 // ParseFailoverURL, ParseClusterURL): extra seeds are added with ?addr=host:port and Sentinel's
-// master with ?master_name=. Errors never echo the URL, which may hold a password. The first
-// operation to fail with a connection fault retires every pooled connection (retire.go).
+// master with ?master_name=. Errors never echo the URL, which may hold a password. Three
+// connection faults in a row retire every pooled connection (retire.go).
 func New(o Options) (goredis.UniversalClient, error) {
 	switch o.Mode {
 	case "", "standalone":

@@ -89,20 +89,22 @@ func TestBadURLsAreRejectedWithoutEchoingThem(t *testing.T) {
 	}
 }
 
-// TestAConnectionFaultRetiresEveryPooledConnection: a server that stops answering without
-// closing its connections (CLIENT PAUSE here; in production a deleted pod, a failover to another
-// address, a partition) makes an operation time out. go-redis checks an idle connection before
-// handing it out only for a peer that closed it, so it would hand out each of the other pooled
-// connections once more, each costing an operation a whole timeout if the server were gone for
-// good. After the fault none of them is used again: every operation runs on a connection
-// dialled after it. An error reply from Redis is no fault: the connections stay. Production
-// settings: the default REDIS_TIMEOUT and pool size.
-func TestAConnectionFaultRetiresEveryPooledConnection(t *testing.T) {
+// TestARunOfConnectionFaultsRetiresEveryPooledConnection: a server that stops answering without
+// closing its connections (CLIENT PAUSE here; in production the node under it lost, a failover
+// to another address, a partition) makes operations time out. go-redis checks an idle
+// connection before handing it out only for a peer that closed it, so it would hand out each
+// pooled connection once more, each costing an operation a whole timeout if the server were gone
+// for good, and the circuit breaker's probe could land on one. After three faults in a row (what
+// the breaker opens on) none of them is used again: every operation runs on a connection dialled
+// after them. Fewer faults, or an error reply from Redis, leave the connections be: one
+// timeout on a busy machine must not re-dial the whole pool. Production settings: the default
+// REDIS_TIMEOUT and pool size.
+func TestARunOfConnectionFaultsRetiresEveryPooledConnection(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	cfg := testenv.Config(t, "REDIS_URL="+srv.URL(), "DATABASE_URL=postgres://unused.invalid/db")
 	rdb := testenv.RedisClient(t, cfg)
 	pool := rdb.(*redis.Client).Options().PoolSize
-	admin := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 1})
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 1, ReadTimeout: time.Minute}) // waits out pauses
 	t.Cleanup(func() { admin.Close() })
 	ctx := context.Background()
 
@@ -130,14 +132,6 @@ func TestAConnectionFaultRetiresEveryPooledConnection(t *testing.T) {
 		}
 		return ids
 	}
-	testenv.Eventually(t, 30*time.Second, func() error {
-		if n := len(conns()); n < pool {
-			return fmt.Errorf("%d of %d connections dialled", n, pool)
-		}
-		return nil
-	})
-	before := conns()
-
 	// Which connections operations run on: bursts of the pool's size take every idle one.
 	used := func() map[int64]bool {
 		t.Helper()
@@ -169,33 +163,75 @@ func TestAConnectionFaultRetiresEveryPooledConnection(t *testing.T) {
 		}
 		return n
 	}
+	// timeouts pauses the server and sends n GETs one after another, each timing out: n faults in
+	// a row. Then it waits for the pause to end.
+	timeouts := func(n int) {
+		t.Helper()
+		for attempt := 1; ; attempt++ {
+			if err := admin.Do(ctx, "CLIENT", "PAUSE", n*1500, "ALL").Err(); err != nil {
+				t.Fatal(err)
+			}
+			got := 0
+			for range n {
+				err := rdb.Get(ctx, "k").Err()
+				if ne := net.Error(nil); !errors.As(err, &ne) || !ne.Timeout() {
+					if err != nil {
+						t.Fatalf("GET while the server is paused: %v, want a timeout", err)
+					}
+					break // the pause ended first
+				}
+				got++
+			}
+			if got == n {
+				break
+			}
+			if attempt == 5 {
+				t.Fatalf("%d of %d GETs timed out while the server was paused", got, n)
+			}
+			// This machine was too busy to send them before the pause ended: again, after it.
+			t.Logf("the pause ended after %d of %d GETs (attempt %d)", got, n, attempt)
+		}
+		// Waits for the pause to end on admin's connection: the client's own commands would time
+		// out meanwhile, more faults in the run.
+		if err := admin.Ping(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	warm := func() map[int64]bool {
+		t.Helper()
+		testenv.Eventually(t, 30*time.Second, func() error {
+			if n := len(conns()); n < pool {
+				return fmt.Errorf("%d of %d connections dialled", n, pool)
+			}
+			return nil
+		})
+		return conns()
+	}
 
+	before := warm()
 	if err := rdb.Set(ctx, "k", "v", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := rdb.LPush(ctx, "k", "x").Err(); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
-		t.Fatalf("LPUSH on a string: %v, want WRONGTYPE", err)
+	for range faultsToRetire {
+		if err := rdb.LPush(ctx, "k", "x").Err(); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+			t.Fatalf("LPUSH on a string: %v, want WRONGTYPE", err)
+		}
 	}
-	if n := overlap(used(), before); n == 0 {
-		t.Fatal("after an error reply, no operation ran on the pooled connections: an error reply retired them")
+	if overlap(used(), before) == 0 {
+		t.Fatal("after error replies, no operation ran on the pooled connections: error replies retired them")
 	}
 
-	for attempt := 1; ; attempt++ {
-		if err := admin.Do(ctx, "CLIENT", "PAUSE", 2000, "ALL").Err(); err != nil {
-			t.Fatal(err)
-		}
-		err := rdb.Get(ctx, "k").Err()
-		if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
-			break
-		}
-		if err != nil || attempt == 5 {
-			t.Fatalf("GET while the server is paused: %v, want a timeout", err)
-		}
-		// This machine was too busy to send the GET before the pause ended: pause again.
-		t.Logf("the pause ended before the GET was sent (attempt %d)", attempt)
+	timeouts(faultsToRetire - 1)
+	if overlap(used(), before) == 0 {
+		t.Fatalf("after %d timeouts in a row, no operation ran on the pooled connections: fewer faults than a run retired them", faultsToRetire-1)
 	}
-	testenv.Eventually(t, 30*time.Second, func() error { return rdb.Ping(ctx).Err() }) // the pause ends
+
+	before = warm()
+	timeouts(faultsToRetire)
 	if n := overlap(used(), before); n != 0 {
-		t.Errorf("after a timeout, operations still ran on %d connections dialled before it; want none", n)
+		t.Errorf("after %d timeouts in a row, operations still ran on %d connections dialled before them; want none", faultsToRetire, n)
 	}
 }
+
+// faultsToRetire is the run of faults the client retires its connections on (retire.go).
+const faultsToRetire = 3

@@ -11,28 +11,36 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// A connection fault retires every pooled connection.
+// A run of connection faults retires every pooled connection.
 //
 // When a Redis server goes away without closing its connections (the node under a Redis pod
 // lost, a failover to another address, a network partition), nothing tells the client: no FIN,
 // no RST. go-redis checks an idle connection before handing it out, but only for a peer that
 // closed it, so each connection to the vanished server is handed out once more and costs the
-// operation that takes it a whole timeout (REDIS_TIMEOUT) before go-redis drops it; in series,
-// those timeouts also open the circuit breaker after the server is back.
+// operation that takes it a whole timeout (REDIS_TIMEOUT) before go-redis drops it, and the
+// circuit breaker's probe, when it lands on one, fails and keeps the breaker open although a
+// server is back at the address.
 //
-// So the first operation that fails with a connection fault (a timeout, or a connection broken
-// or refused; not an error reply from Redis, not the caller giving up) retires every connection
-// dialled so far: the pool's check before handing one out then fails for it, the pool closes it
-// unused and takes or dials another. Connections are replaced once per fault: an operation that
-// began before the last retirement and fails with it is the same fault, seen again. A fault
-// with Redis alive (one slow command, a machine too busy to read a reply in time) costs a pool's
-// worth of dials, and retirements are at least retireEvery apart, so a run of such faults cannot
-// keep the pool re-dialling. With Redis gone, the dials fail fast and the breaker above decides
-// what reads do.
+// So faultsToRetire connection faults in a row (timeouts, connections broken or refused; not
+// error replies from Redis, not callers giving up), with no operation succeeding between them,
+// retire every connection dialled so far: the pool's check before handing one out then fails
+// for it, the pool closes it unused and takes or dials another. Faults count in series, as the
+// cache's circuit breaker counts them (with the same default of three): operations in flight
+// together that fail together are one fault, so a single stall is not a run. Not at the first
+// fault: a machine too busy to read one reply in time would then re-dial the whole pool at once,
+// inside the budgets of the operations that follow, and a storm of reads on a loaded machine
+// turned one timeout into a run of them that opened the breaker (seen in
+// TestAStormAcrossKeysNeverWaitsForAConnection). Three in a row is what the breaker opens on:
+// Redis is then skipped for its cooldown, and the probe that ends it runs on a fresh connection
+// instead of one to the vanished server, which would fail it and keep the breaker open.
 type retirer struct {
 	epoch     atomic.Uint64 // bumped by each retirement
-	retiredAt atomic.Int64  // UnixNano of the last retirement
+	lastFault atomic.Int64  // UnixNano when the last counted fault was seen
+	inARow    atomic.Int32  // faults counted since the last success or retirement
 }
+
+// faultsToRetire is how many connection faults in a row retire the pool's connections.
+const faultsToRetire = 3
 
 // dialer wraps dial so that every connection knows the epoch it was dialled in.
 func (r *retirer) dialer(dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
@@ -45,25 +53,28 @@ func (r *retirer) dialer(dial func(context.Context, string, string) (net.Conn, e
 	}
 }
 
-// retireEvery is the least time between two retirements.
-const retireEvery = time.Second
-
-// fault retires the connections if err, from an operation that began at began, is a new
-// connection fault.
-func (r *retirer) fault(began int64, err error) {
-	if !connectionFault(err) {
+// done counts the outcome err of an operation that began at began: a success ends a run of
+// faults; a connection fault of an operation that began after the last counted one extends it,
+// and retires the connections when it reaches faultsToRetire.
+func (r *retirer) done(began int64, err error) {
+	if err == nil || !connectionFault(err) {
+		if err == nil && r.inARow.Load() != 0 {
+			r.inARow.Store(0)
+		}
 		return
 	}
 	for {
-		last := r.retiredAt.Load()
-		now := time.Now().UnixNano()
-		if began <= last || now-last < int64(retireEvery) {
-			return // the fault the last retirement answered, or one too soon after it
+		last := r.lastFault.Load()
+		if began <= last {
+			return // in flight when the last counted fault was seen: the same fault
 		}
-		if r.retiredAt.CompareAndSwap(last, now) {
-			r.epoch.Add(1)
-			return
+		if r.lastFault.CompareAndSwap(last, time.Now().UnixNano()) {
+			break
 		}
+	}
+	if r.inARow.Add(1) >= faultsToRetire {
+		r.inARow.Store(0)
+		r.epoch.Add(1)
 	}
 }
 
@@ -87,7 +98,7 @@ func (r *retirer) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
 	return func(ctx context.Context, cmd goredis.Cmder) error {
 		began := time.Now().UnixNano()
 		err := next(ctx, cmd)
-		r.fault(began, err)
+		r.done(began, err)
 		return err
 	}
 }
@@ -96,7 +107,7 @@ func (r *retirer) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.
 	return func(ctx context.Context, cmds []goredis.Cmder) error {
 		began := time.Now().UnixNano()
 		err := next(ctx, cmds)
-		r.fault(began, err)
+		r.done(began, err)
 		return err
 	}
 }
