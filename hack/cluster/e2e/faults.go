@@ -212,7 +212,7 @@ func checkPostgresFault(ctx context.Context, c *cluster) error {
 	logf("with Postgres down: %s", tally(got))
 	// A 503 with X-Cache BYPASS is a read Redis could not answer within REDIS_TIMEOUT; with
 	// Postgres also down it is rightly a 503. Seen once in a clean-clone run, before the Redis
-	// client retired its pooled connections after a connection fault (redisclient/retire.go),
+	// client retired its pooled connections after a run of connection faults (redisclient),
 	// and thought to be a pooled connection to the Redis pod fault-redis replaced. It says
 	// nothing about serving through the outage, which a broken stale path or an unready pod fails
 	// with other answers (MISS 503s, refused connections), and one occurrence in many runs cannot
